@@ -1,0 +1,267 @@
+"""``kvctl``: the command line for kvd. Thin: every command is one or two Client calls and a table.
+
+Exit codes: 0 success; 1 the server refused or failed the request; 2 usage error; 3 partial failure (some
+inputs failed); 4 kvd unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+import click
+import grpc
+
+from kvserve.client.client import Client, UploadProgress, default_server
+from kvserve.client.inputs import InputError, load_input, top_k
+
+EXIT_FAILED = 1
+EXIT_PARTIAL = 3
+EXIT_UNREACHABLE = 4
+
+
+class State:
+    def __init__(self, server: str, verbose: bool, timeout: float) -> None:
+        self.server = server
+        self.verbose = verbose
+        self.timeout = timeout
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.server, timeout=self.timeout)
+        return self._client
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    _console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    from rich.table import Table
+
+    table = Table(*columns, title=title, header_style="bold")
+    for row in rows:
+        table.add_row(*[str(cell) for cell in row])
+    _console().print(table)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--server", default=default_server, show_default="KVSERVE_SERVER or 127.0.0.1:8500", help="kvd address host:port")
+@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for each call")
+@click.option("-v", "--verbose", is_flag=True, help="show tracebacks and debug detail")
+@click.pass_context
+def cli(ctx: click.Context, server: str, timeout: float, verbose: bool) -> None:
+    """kvctl: upload Keras models to kvd and run them."""
+    ctx.obj = State(server, verbose, timeout)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", help="model name (default: the file name without suffix)")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None, help="IR precision (default: the server's, fp16)")
+@click.option("--device", "devices", default="", help="device preference, e.g. CPU,TF (default: the server's)")
+@click.option("--force", is_flag=True, help="keep the model even if the parity check fails")
+@click.option("--json", "as_json", is_flag=True, help="print the stored manifest as JSON")
+@click.pass_obj
+def upload(state: State, path: Path, name: str | None, precision: str | None, devices: str, force: bool, as_json: bool) -> None:
+    """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip, .tar.gz)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                  console=_console(stderr=True), transient=as_json) as bar:
+        task = bar.add_task("uploading", total=None)
+
+        def on_event(event: UploadProgress) -> None:
+            if event.stage == "RECEIVING":
+                bar.update(task, completed=event.bytes_received, total=event.bytes_total or None)
+            elif event.stage == "RECEIVED":
+                bar.update(task, completed=event.bytes_received, total=event.bytes_received, description=f"received ({event.message})")
+            else:
+                bar.update(task, description=event.stage.lower() + (f": {event.message}" if event.message else ""))
+
+        manifest = state.client.upload(path, name=name, precision=precision or "", force=force,
+                                       devices=[d for d in devices.split(",") if d], progress=on_event, timeout=None)
+    if as_json:
+        print_json(manifest)
+        return
+    parity = manifest.get("parity", {})
+    _console().print(
+        f"[green]ready[/] {manifest['name']} version {manifest['version']} on {manifest.get('served_by', {}).get('backend', '?')} "
+        f"({manifest['precision']}; parity max abs diff {parity.get('max_abs_diff', float('nan')):.3g}, "
+        f"top-1 agreement {parity.get('top1_agreement')})"
+    )
+
+
+@cli.command()
+@click.option("--model", "-m", required=True, help="model name")
+@click.option("--version", default="", help="model version (default: latest)")
+@click.option("--top", "top", default=5, show_default=True, help="how many classes to show per input")
+@click.option("--json", "as_json", is_flag=True, help="print results as JSON")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.pass_obj
+def infer(state: State, model: str, version: str, top: int, as_json: bool, inputs: tuple[Path, ...]) -> None:
+    """Run MODEL on .npy tensors or image files."""
+    meta = state.client.metadata(model, version)
+    if len(meta["inputs"]) != 1:
+        fail(f"model '{model}' has {len(meta['inputs'])} inputs; kvctl infer feeds single-input models, use the Python client")
+    spec = meta["inputs"][0]
+    output = next((o["name"] for o in meta["outputs"] if len(o["shape"]) >= 2 and o["shape"][-1] != 1), meta["outputs"][0]["name"])
+    results: list[dict[str, Any]] = []
+    failures: list[str] = []
+    served_version = version
+    for path in inputs:
+        try:
+            batch = load_input(path, spec)
+        except InputError as error:
+            failures.append(str(error))
+            continue
+        scores = state.client.infer(model, {spec["name"]: batch.array}, version=version, outputs=[output])[output]
+        served_version = served_version or (meta["versions"][-1] if meta["versions"] else "")
+        for label, row in zip(batch.labels, top_k(scores, top)):
+            results.append({"input": label, "top": [{"index": i, "score": s, "label": None} for i, s in row]})
+    if as_json:
+        print_json({"model": model, "version": served_version, "results": results})
+    else:
+        _table(["input", "top classes (index: score)"],
+               [[r["input"], "  ".join(f"{t['index']}: {t['score']:.4f}" for t in r["top"])] for r in results],
+               title=f"{model} v{served_version}")
+    for message in failures:
+        _console(stderr=True).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    if failures:
+        sys.exit(EXIT_PARTIAL if results else EXIT_FAILED)
+
+
+@cli.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def list_models(state: State, as_json: bool) -> None:
+    """List every model version in the repository with its state."""
+    models = state.client.list_models()
+    if as_json:
+        print_json(models)
+    else:
+        _table(["name", "version", "state", "reason"], [[m["name"], m["version"], m["state"], m["reason"]] for m in models])
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--version", default="", help="version (default: latest)")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def describe(state: State, name: str, version: str, as_json: bool) -> None:
+    """Show a model's signature, device, precision and parity report."""
+    info = state.client.describe(name, version)
+    if as_json:
+        print_json(info)
+        return
+    manifest = info["manifest"]
+    parity = manifest.get("parity") or {}
+    rows = [
+        ["version", f"{info['version']} (stored: {', '.join(info['versions'])})"],
+        ["state", f"{info['state']} on {info['device'] or '-'}"],
+        ["why", info["reason"]],
+        ["source", f"{manifest['source']['filename']} ({manifest['source']['format']}, sha256 {manifest['source']['sha256'][:12]}…)"],
+        ["precision", manifest.get("precision", "")],
+        ["inputs", "; ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in manifest["inputs"])],
+        ["outputs", "; ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in manifest["outputs"])],
+        ["parity", f"max abs diff {parity.get('max_abs_diff', 0):.3g}, max rel diff {parity.get('max_rel_diff', 0):.3g}, "
+                   f"top-1 agreement {parity.get('top1_agreement')}, passed {parity.get('passed')}" if parity else "-"],
+        ["timings", ", ".join(f"{k} {v}s" for k, v in manifest.get("timings", {}).items())],
+    ]
+    _table(["", name], rows)
+
+
+@cli.command()
+@click.argument("target", metavar="NAME[:VERSION]")
+@click.pass_obj
+def delete(state: State, target: str) -> None:
+    """Delete a model (every version) or one version."""
+    name, _, version = target.partition(":")
+    removed = state.client.delete(name, version)
+    _console().print(f"deleted {name} version{'s' if len(removed) > 1 else ''} {', '.join(removed)}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(state: State, as_json: bool) -> None:
+    """Is kvd live and ready, and what does it serve?"""
+    client = state.client
+    info = {"server": state.server, "live": client.live(), "ready": client.ready(), **client.server_metadata(), "models": client.list_models()}
+    if as_json:
+        print_json(info)
+        return
+    ready = sum(1 for m in info["models"] if m["state"] == "READY")
+    _console().print(f"{info['name']} {info['version']} at {state.server}: live={info['live']} ready={info['ready']}, "
+                     f"{ready} of {len(info['models'])} model versions ready")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def devices(state: State, as_json: bool) -> None:
+    """Device backends on the server: available or not, and why."""
+    found = state.client.devices()
+    if as_json:
+        print_json(found)
+    else:
+        _table(["device", "available", "name / reason"], [[d["name"], "yes" if d["available"] else "no", d["full_name"] or d["reason"]] for d in found])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def plugins(state: State, as_json: bool) -> None:
+    """Plugins loaded by the server, with their hooks (and load errors)."""
+    found = state.client.plugins()
+    if as_json:
+        print_json(found)
+    else:
+        _table(["plugin", "version", "hooks", "note"],
+               [[p["name"], p["version"], ", ".join(p["hooks"]), "built-in" if p["builtin"] else (f"failed: {p['error']}" if p["error"] else "")] for p in found])
+
+
+def _run(entry: Callable[..., Any]) -> int:
+    verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
+    try:
+        entry(standalone_mode=False)
+    except click.exceptions.Abort:
+        fail("aborted", EXIT_FAILED)
+    except click.ClickException as error:
+        error.show()
+        return 2
+    except grpc.RpcError as error:
+        code = error.code()
+        if verbose:
+            raise
+        if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():
+            fail(f"cannot reach kvd: {error.details()} (start it with `kvd`, or set --server / KVSERVE_SERVER)", EXIT_UNREACHABLE)
+        fail(f"{error.details()} [{code.name}]")
+    except (OSError, ValueError) as error:
+        if verbose:
+            raise
+        fail(str(error))
+    return 0
+
+
+def main() -> int:
+    return _run(cli.main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""``Client``: a thin, typed wrapper over kvd's two gRPC services.
+
+Tensors travel as raw little-endian bytes (the cheapest form for both ends). Errors arrive as
+``grpc.RpcError`` with the server's status code and message.
+"""
+
+from __future__ import annotations
+
+
+import io
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import grpc
+import numpy as np
+
+from kvserve.proto import grpc_service_pb2 as pb
+from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
+from kvserve.proto import kvserve_service_pb2 as kv
+from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
+from kvserve.proto.tensors import build_infer_request, decode_response_outputs
+
+DEFAULT_SERVER = "127.0.0.1:8500"
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class UploadProgress:
+    """One progress event of an upload: stage is RECEIVING, RECEIVED, CONVERTING, VERIFYING, LOADING or READY."""
+
+    stage: str
+    bytes_received: int = 0
+    bytes_total: int = 0
+    message: str = ""
+    version: str = ""
+
+
+def default_server() -> str:
+    return os.environ.get("KVSERVE_SERVER", DEFAULT_SERVER)
+
+
+def _pack_directory(path: Path) -> bytes:
+    """A SavedModel directory travels as an in-memory .tar.gz of its contents."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+class Client:
+    def __init__(self, address: str | None = None, timeout: float | None = 60.0, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self.address = address or default_server()
+        self.timeout = timeout
+        options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+        self.channel = grpc.insecure_channel(self.address, options=options)
+        self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.kvserve = kv_grpc.KvServeStub(self.channel)
+        self._metadata: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- health and metadata ------------------------------------------------------------------------
+    def live(self) -> bool:
+        return self.inference.ServerLive(pb.ServerLiveRequest(), timeout=self.timeout).live
+
+    def ready(self) -> bool:
+        return self.inference.ServerReady(pb.ServerReadyRequest(), timeout=self.timeout).ready
+
+    def server_metadata(self) -> dict[str, Any]:
+        meta = self.inference.ServerMetadata(pb.ServerMetadataRequest(), timeout=self.timeout)
+        return {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
+
+    def metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        meta = self.inference.ModelMetadata(pb.ModelMetadataRequest(name=model, version=version), timeout=self.timeout)
+        result = {
+            "name": meta.name,
+            "versions": list(meta.versions),
+            "platform": meta.platform,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in meta.outputs],
+        }
+        self._metadata[(model, version)] = result
+        return result
+
+    def model_ready(self, model: str, version: str = "") -> bool:
+        return self.inference.ModelReady(pb.ModelReadyRequest(name=model, version=version), timeout=self.timeout).ready
+
+    def list_models(self) -> list[dict[str, str]]:
+        index = self.inference.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=self.timeout)
+        return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in index.models]
+
+    def describe(self, model: str, version: str = "") -> dict[str, Any]:
+        reply = self.kvserve.Describe(kv.DescribeRequest(name=model, version=version), timeout=self.timeout)
+        return {"name": reply.name, "version": reply.version, "state": reply.state, "reason": reply.reason,
+                "device": reply.device, "versions": list(reply.versions), "manifest": json.loads(reply.manifest_json or "{}")}
+
+    def devices(self) -> list[dict[str, Any]]:
+        reply = self.kvserve.Devices(kv.DevicesRequest(), timeout=self.timeout)
+        return [{"name": d.name, "available": d.available, "reason": d.reason, "full_name": d.full_name, "plugin": d.plugin,
+                 "precisions": list(d.precisions), "properties": dict(d.properties)} for d in reply.devices]
+
+    def plugins(self) -> list[dict[str, Any]]:
+        reply = self.kvserve.Plugins(kv.PluginsRequest(), timeout=self.timeout)
+        return [{"name": p.name, "version": p.version, "hooks": list(p.hooks), "builtin": p.builtin, "error": p.error} for p in reply.plugins]
+
+    # --- inference ----------------------------------------------------------------------------------
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, version: str = "",
+              outputs: list[str] | None = None, request_id: str = "") -> dict[str, np.ndarray]:
+        """Run the model; ``inputs`` is a dict by input name, or one array for a single-input model."""
+        if not isinstance(inputs, Mapping):
+            meta = self._metadata.get((model, version)) or self.metadata(model, version)
+            if len(meta["inputs"]) != 1:
+                names = ", ".join(i["name"] for i in meta["inputs"])
+                raise ValueError(f"model '{model}' has {len(meta['inputs'])} inputs ({names}); pass a dict by input name")
+            inputs = {meta["inputs"][0]["name"]: inputs}
+        request = build_infer_request(model, inputs, version=version, outputs=outputs or (), request_id=request_id)
+        response = self.inference.ModelInfer(request, timeout=self.timeout)
+        return decode_response_outputs(response)
+
+    # --- repository ---------------------------------------------------------------------------------
+    def upload(self, path: str | os.PathLike[str], name: str | None = None, precision: str = "", devices: list[str] | None = None,
+               force: bool = False, progress: Callable[[UploadProgress], None] | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip or .tar.gz); returns the manifest."""
+        path = Path(path)
+        if path.is_dir():
+            payload: bytes | None = _pack_directory(path)
+            filename, size = f"{path.name}.tar.gz", len(payload)
+        else:
+            payload, filename, size = None, path.name, path.stat().st_size
+        model_name = name or path.name.split(".")[0]
+        header = kv.UploadHeader(name=model_name, filename=filename, size=size, precision=precision, devices=devices or [],
+                                 options={"force": "1"} if force else {})
+
+        def requests() -> Iterator[kv.UploadRequest]:
+            yield kv.UploadRequest(header=header)
+            if payload is not None:
+                for offset in range(0, len(payload), CHUNK_BYTES):
+                    yield kv.UploadRequest(chunk=payload[offset : offset + CHUNK_BYTES])
+                return
+            with open(path, "rb") as handle:
+                while chunk := handle.read(CHUNK_BYTES):
+                    yield kv.UploadRequest(chunk=chunk)
+
+        manifest: dict[str, Any] = {}
+        for event in self.kvserve.Upload(requests(), timeout=timeout):
+            stage = kv.UploadEvent.Stage.Name(event.stage)
+            if progress is not None:
+                progress(UploadProgress(stage, event.bytes_received, event.bytes_total, event.message, event.version))
+            if event.manifest_json:
+                manifest = json.loads(event.manifest_json)
+        return manifest
+
+    def delete(self, model: str, version: str = "") -> list[str]:
+        return list(self.kvserve.Delete(kv.DeleteRequest(name=model, version=version), timeout=self.timeout).versions)
+
+    def load(self, model: str, version: str = "", devices: list[str] | None = None) -> None:
+        parameters = {}
+        if version:
+            parameters["version"] = pb.ModelRepositoryParameter(string_param=version)
+        if devices:
+            parameters["devices"] = pb.ModelRepositoryParameter(string_param=",".join(devices))
+        self.inference.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=model, parameters=parameters), timeout=timeout_or(self.timeout))
+
+    def unload(self, model: str) -> None:
+        self.inference.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=model), timeout=self.timeout)
+
+
+def timeout_or(timeout: float | None, at_least: float = 300.0) -> float | None:
+    """Loading can compile a large model: give it at least ``at_least`` seconds."""
+    return None if timeout is None else max(timeout, at_least)
+
+

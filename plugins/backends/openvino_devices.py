@@ -1,0 +1,133 @@
+"""Built-in OpenVINO backends: ``CPU``, ``GPU`` and ``MYRIAD`` (served on ``NPU`` where OpenVINO has one).
+
+One compiled model per loaded version, with a pool of infer requests sized from the device's
+OPTIMAL_NUMBER_OF_INFER_REQUESTS: each gRPC worker thread borrows a request, runs it (OpenVINO releases the
+GIL while it computes) and gives it back, so concurrent calls keep every stream busy. Inputs are handed to
+OpenVINO without a copy (``share_inputs``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Mapping
+
+import numpy as np
+
+from kvserve.plugins.hookspecs import hookimpl
+from kvserve.plugins.types import Availability, LoadRequest, TensorSpec
+
+_core_lock = threading.Lock()
+_core: Any = None
+
+
+def core() -> Any:
+    """The process's one OpenVINO Core (creating it costs ~100 ms and device discovery)."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            import openvino as ov
+
+            _core = ov.Core()
+        return _core
+
+
+class OpenVINORunner:
+    """Thread-safe inference on one compiled model through a pool of infer requests."""
+
+    def __init__(self, compiled: Any, outputs: list[TensorSpec], device: str) -> None:
+        self.compiled = compiled
+        self.device = device
+        self.output_names = [spec.name for spec in outputs]
+        self.nireq = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(self.nireq):
+            self._pool.put(compiled.create_infer_request())
+
+    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        request = self._pool.get()
+        try:
+            result = request.infer(inputs, share_inputs=True, share_outputs=False)
+            return {name: result[name] for name in (outputs or self.output_names)}
+        finally:
+            self._pool.put(request)
+
+    def close(self) -> None:
+        while not self._pool.empty():
+            self._pool.get_nowait()
+        self.compiled = None
+
+
+class OpenVINOBackend:
+    """An OpenVINO device as a kvserve backend. ``device`` is what OpenVINO is asked for."""
+
+    precisions = ("fp32", "fp16")
+
+    def __init__(self, name: str, device: str | None = None) -> None:
+        self.name = name
+        self.device = device or name
+
+    def properties(self) -> dict[str, str]:
+        return {"PERFORMANCE_HINT": "THROUGHPUT | LATENCY", "NUM_STREAMS": "AUTO | n", "INFER_REQUESTS": "OPTIMAL_NUMBER_OF_INFER_REQUESTS"}
+
+    def availability(self) -> Availability:
+        try:
+            ov_core = core()
+        except Exception as error:  # noqa: BLE001 - openvino missing or broken
+            return Availability(False, f"OpenVINO runtime unavailable: {error}")
+        try:
+            full_name = str(ov_core.get_property(self.device, "FULL_DEVICE_NAME"))
+        except Exception as error:  # noqa: BLE001 - OpenVINO's own reason is the one to show
+            return Availability(False, f"OpenVINO cannot open {self.device}: {_first_line(error)}")
+        return Availability(True, "", full_name)
+
+    def can_serve(self, manifest: Mapping[str, Any]) -> str | None:
+        if not manifest.get("ir"):
+            return "the model has no OpenVINO IR (conversion failed or was skipped)"
+        return None
+
+    def compile_config(self, request: LoadRequest) -> dict[str, str]:
+        config = {"PERFORMANCE_HINT": "THROUGHPUT", "CACHE_DIR": str(request.cache_dir)}
+        if request.manifest.get("precision") == "fp32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        config.update(request.config)
+        return config
+
+    def load(self, request: LoadRequest) -> OpenVINORunner:
+        xml = request.model_dir / request.manifest["ir"]["xml"]
+        compiled = core().compile_model(str(xml), self.device, self.compile_config(request))
+        return OpenVINORunner(compiled, request.outputs, self.device)
+
+
+class MyriadBackend(OpenVINOBackend):
+    """MYRIAD left OpenVINO in 2023.0; the name is kept for old configs and mapped to NPU where one exists."""
+
+    def __init__(self) -> None:
+        super().__init__("MYRIAD", "NPU")
+
+    def availability(self) -> Availability:
+        try:
+            devices = core().available_devices
+        except Exception as error:  # noqa: BLE001
+            return Availability(False, f"OpenVINO runtime unavailable: {error}")
+        if "NPU" not in devices:
+            return Availability(
+                False,
+                "OpenVINO removed the MYRIAD plugin in 2023.0 and this host has no NPU to serve it on; "
+                f"use CPU (devices here: {', '.join(devices) or 'none'})",
+            )
+        found = super().availability()
+        return Availability(found.available, found.reason, f"NPU (for MYRIAD): {found.full_name}" if found.available else "")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [type(error).__name__])[0][:300]
+
+
+@hookimpl
+def kvserve_register_backends(register: Any) -> None:
+    register(OpenVINOBackend("CPU"))
+    register(OpenVINOBackend("GPU"))
+    register(MyriadBackend())

@@ -1,0 +1,134 @@
+"""Typed shapes of what plugins register: converters (upload -> IR) and backends (IR -> runner).
+
+Kept free of TensorFlow and OpenVINO imports so the daemon and tests can import it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as the v2 protocol describes it (shape uses -1 for a dynamic dim)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TensorSpec":
+        return cls(str(data["name"]), str(data["datatype"]), tuple(int(d) for d in data["shape"]))
+
+
+@dataclass
+class ConversionOptions:
+    """What the user asked for at upload time that a converter must honour."""
+
+    precision: str = "fp16"
+    allow_unsafe_deserialization: bool = False
+
+
+Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class SourceModel:
+    """An uploaded model, loaded: its tensor signature and a way to run the original (for parity checks).
+
+    ``handle`` is the converter's own object (e.g. the Keras model) passed back to ``convert``.
+    """
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    reference: Predict
+    handle: Any = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Converter(Protocol):
+    """Reads an uploaded model (one of ``formats``) and converts it to OpenVINO IR.
+
+    ``load`` raises ModelRejected / UnsafeModel; ``convert`` raises ConversionFailed naming the op or layer,
+    in which case the daemon may still serve the original through a framework backend (``TF``).
+    """
+
+    name: str
+    formats: tuple[str, ...]
+
+    def load(self, source: Path, fmt: str, options: ConversionOptions) -> SourceModel:
+        ...
+
+    def convert(self, model: SourceModel, out_dir: Path, options: ConversionOptions) -> Path:
+        """Write the IR into ``out_dir`` and return the .xml path; ports carry the signature names."""
+        ...
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run on this host, and if not, why (shown by ``kvctl devices``)."""
+
+    available: bool
+    reason: str = ""
+    full_name: str = ""
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A loaded model on one device: thread-safe ``infer`` keyed by signature names."""
+
+    def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """Everything a backend needs to load one model version from the repository."""
+
+    model_dir: Path
+    manifest: Mapping[str, Any]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    cache_dir: Path
+    config: Mapping[str, str] = field(default_factory=dict)
+    allow_unsafe_deserialization: bool = False
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A device that serves models: ``CPU``, ``GPU``, ``TF`` ... ``load`` returns a Runner."""
+
+    name: str
+
+    def availability(self) -> Availability:
+        ...
+
+    def can_serve(self, manifest: Mapping[str, Any]) -> str | None:
+        """None when this backend can serve the model, else the reason it cannot."""
+        ...
+
+    def load(self, request: LoadRequest) -> Runner:
+        ...
+
+
+class ModelRejected(Exception):
+    """The upload is not a model this converter can read (corrupt, truncated, wrong format): a client error."""
+
+
+class UnsafeModel(ModelRejected):
+    """The model needs unsafe deserialization (e.g. a Lambda layer's Python code) and it is not allowed."""
+
+
+class ConversionFailed(Exception):
+    """The model was read but cannot be converted (an unsupported op or layer); the message names it."""

@@ -1,0 +1,214 @@
+"""The one place where v2 protocol tensors become numpy arrays and back, for the server and the client.
+
+Raw contents are taken zero-copy (``np.frombuffer`` over the request bytes). Every mismatch between what a
+tensor declares and what it carries raises ``TensorError`` with a message that says what was expected.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from kvserve.proto import grpc_service_pb2 as pb
+
+# v2 datatype -> numpy dtype (little-endian, as the protocol's raw contents are).
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(np.object_),
+}
+
+# v2 datatype -> the InferTensorContents field that carries it typed (FP16 and BF16 have none).
+CONTENTS_FIELDS: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+class TensorError(ValueError):
+    """A tensor's declared datatype/shape does not match its contents (a client error)."""
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The v2 datatype name for a numpy array."""
+    if array.dtype.kind in "OSU":
+        return "BYTES"
+    for name, dtype in DATATYPES.items():
+        if name != "BYTES" and array.dtype.newbyteorder("<") == dtype:
+            return name
+    raise TensorError(f"numpy dtype {array.dtype} has no v2 protocol datatype")
+
+
+def element_count(shape: Sequence[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    return count
+
+
+def _check_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    if any(int(d) < 0 for d in shape):
+        raise TensorError(f"input '{name}': shape {list(shape)} has a negative dimension; send the concrete shape")
+    return tuple(int(d) for d in shape)
+
+
+def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
+    """Decode the protocol's BYTES raw layout: each element a 4-byte little-endian length then its bytes."""
+    items: list[bytes] = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise TensorError(f"input '{name}': BYTES raw contents end inside a length prefix at byte {offset}")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise TensorError(f"input '{name}': BYTES element {len(items)} claims {length} bytes but only {len(raw) - offset} remain")
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(items) != count:
+        raise TensorError(f"input '{name}': shape needs {count} BYTES elements, raw contents hold {len(items)}")
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    parts: list[bytes] = []
+    for item in array.reshape(-1):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+    count = element_count(shape)
+    if datatype == "BYTES":
+        return deserialize_bytes(name, raw, count).reshape(shape)
+    dtype = DATATYPES[datatype]
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise TensorError(
+            f"input '{name}': raw contents are {len(raw)} bytes but shape {list(shape)} of {datatype} needs "
+            f"{expected} bytes ({count} x {dtype.itemsize})"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _from_typed(name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents) -> np.ndarray:
+    field = CONTENTS_FIELDS.get(datatype)
+    if field is None:
+        raise TensorError(f"input '{name}': {datatype} has no typed contents field; send it in raw_input_contents")
+    values = getattr(contents, field)
+    count = element_count(shape)
+    if len(values) != count:
+        raise TensorError(
+            f"input '{name}': {field} holds {len(values)} values but shape {list(shape)} needs {count}"
+        )
+    others = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if others:
+        raise TensorError(f"input '{name}' is {datatype} and must use {field}, not {', '.join(others)}")
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    return np.asarray(values, dtype=DATATYPES[datatype]).reshape(shape)
+
+
+def decode_request_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    """The request's inputs as numpy arrays, raw (zero-copy) or typed, with every count checked."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise TensorError(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; when raw contents are "
+            "used, send one entry per input, in the order of `inputs`"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in arrays:
+            raise TensorError(f"input '{name}' is given twice")
+        if tensor.datatype not in DATATYPES:
+            raise TensorError(f"input '{name}': unknown datatype '{tensor.datatype}'; use one of {', '.join(DATATYPES)}")
+        shape = _check_shape(name, tensor.shape)
+        has_typed = tensor.HasField("contents") and bool(tensor.contents.ListFields())
+        if raw:
+            if has_typed:
+                raise TensorError(f"input '{name}' has both typed contents and raw_input_contents; send only one")
+            arrays[name] = _from_raw(name, tensor.datatype, shape, raw[index])
+        elif has_typed:
+            arrays[name] = _from_typed(name, tensor.datatype, shape, tensor.contents)
+        elif element_count(shape) == 0:
+            arrays[name] = np.empty(shape, dtype=DATATYPES[tensor.datatype])
+        else:
+            raise TensorError(f"input '{name}' has no data; set its contents or raw_input_contents")
+    return arrays
+
+
+def encode_response_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray]) -> None:
+    """Append outputs to a response as raw contents (one copy: numpy -> bytes)."""
+    for name, array in outputs.items():
+        datatype = datatype_of(array)
+        response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        if datatype == "BYTES":
+            response.raw_output_contents.append(serialize_bytes(array))
+        else:
+            response.raw_output_contents.append(np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes())
+
+
+def decode_response_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """A response's outputs as numpy arrays (raw or typed), for clients."""
+    raw = response.raw_output_contents
+    result: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(response.outputs):
+        shape = tuple(int(d) for d in tensor.shape)
+        if raw:
+            result[tensor.name] = _from_raw(tensor.name, tensor.datatype, shape, raw[index])
+        else:
+            result[tensor.name] = _from_typed(tensor.name, tensor.datatype, shape, tensor.contents)
+    return result
+
+
+def build_infer_request(
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    version: str = "",
+    outputs: Iterable[str] = (),
+    request_id: str = "",
+) -> pb.ModelInferRequest:
+    """A ModelInferRequest carrying every input as raw little-endian bytes (the cheapest form to send)."""
+    request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    for name, array in inputs.items():
+        array = np.asarray(array)
+        datatype = datatype_of(array)
+        request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        if datatype == "BYTES":
+            request.raw_input_contents.append(serialize_bytes(array))
+        else:
+            request.raw_input_contents.append(np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes())
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request

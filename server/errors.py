@@ -1,0 +1,49 @@
+"""One exception hierarchy for every user-facing failure; each class carries its gRPC status code.
+
+The error interceptor (``kvserve.server.interceptors``) turns these into statuses; anything else becomes INTERNAL
+with a generic message while the traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class KvError(Exception):
+    """Base class: ``str(error)`` is shown to the client as is, so say what was wrong and what to do."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(KvError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(KvError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(KvError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(KvError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(KvError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(KvError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(KvError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Internal(KvError):
+    """An internal failure whose message is still safe and useful to show (e.g. a converter crash)."""
+
+    code = grpc.StatusCode.INTERNAL

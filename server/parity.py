@@ -1,0 +1,76 @@
+"""Does the converted model answer like the original? Seeded inputs, both models, three figures.
+
+Figures per output: max abs diff, max rel diff (abs diff over the output's largest magnitude, so near-zero
+elements do not dominate), and top-1 agreement over the batch. Pure numpy, so it is cheap to test.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from kvserve.plugins.types import TensorSpec
+
+# Max rel diff allowed per precision. fp32 IR runs in f32 and should match to rounding; fp16 weights (and
+# bf16 execution on AMX CPUs) move outputs by up to ~1e-2 of their range.
+TOLERANCES: dict[str, float] = {"fp32": 1e-4, "fp16": 3e-2}
+NUMPY_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
+               "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "BOOL": np.bool_}
+
+
+def seeded_inputs(specs: list[TensorSpec], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Reproducible inputs: dynamic batch -> ``batch``, other dynamic dims -> 16; floats uniform in [0, 1)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in specs:
+        shape = [batch if i == 0 and d < 0 else (16 if d < 0 else d) for i, d in enumerate(spec.shape)]
+        dtype = NUMPY_TYPES[spec.datatype]
+        if np.issubdtype(dtype, np.floating):
+            feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[spec.name] = rng.random(shape) > 0.5
+        else:
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
+    return feeds
+
+
+def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Worst-case figures over all outputs, plus per-output detail."""
+    per_output = {}
+    for name, ref in reference.items():
+        if name not in candidate:
+            raise ValueError(f"converted model did not produce output '{name}'")
+        ref64 = np.asarray(ref, dtype=np.float64)
+        got64 = np.asarray(candidate[name], dtype=np.float64).reshape(ref64.shape)
+        diff = np.abs(ref64 - got64)
+        scale = float(np.max(np.abs(ref64))) if ref64.size else 0.0
+        entry = {
+            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+            "max_rel_diff": float(diff.max() / scale) if diff.size and scale > 0 else float(diff.max() if diff.size else 0.0),
+        }
+        if ref64.ndim >= 2 and ref64.shape[-1] > 1:
+            entry["top1_agreement"] = float(np.mean(ref64.argmax(-1) == got64.argmax(-1)))
+        per_output[name] = entry
+    return {
+        "max_abs_diff": max((e["max_abs_diff"] for e in per_output.values()), default=0.0),
+        "max_rel_diff": max((e["max_rel_diff"] for e in per_output.values()), default=0.0),
+        "top1_agreement": min((e["top1_agreement"] for e in per_output.values() if "top1_agreement" in e), default=None),
+        "outputs": per_output,
+    }
+
+
+def parity_report(
+    reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    candidate: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    inputs: list[TensorSpec],
+    precision: str,
+    batch: int = 8,
+    tolerance: float | None = None,
+) -> dict[str, Any]:
+    feeds = seeded_inputs(inputs, batch)
+    report = compare(reference(feeds), candidate(feeds))
+    limit = TOLERANCES.get(precision, TOLERANCES["fp16"]) if tolerance is None else tolerance
+    report.update({"samples": batch, "inputs": "seeded uniform [0, 1), seed 0", "precision": precision,
+                   "tolerance_max_rel_diff": limit, "passed": report["max_rel_diff"] <= limit})
+    return report

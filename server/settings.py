@@ -1,0 +1,44 @@
+"""Daemon settings: one dataclass, filled from flags and KVSERVE_* environment variables by ``main``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_ADDRESS = "127.0.0.1:8500"
+# Large enough for a batch of 16 299x299x3 float images (17 MB) and a 4k RGB float image (100 MB).
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+DEFAULT_DEVICES = ("CPU", "TF")
+DEFAULT_PRECISION = "fp16"
+PRECISIONS = ("fp32", "fp16")
+
+
+def default_repository() -> Path:
+    """``KVSERVE_REPOSITORY``, else the user's data dir (``~/.local/share/kvserve/models`` on Linux)."""
+    env = os.environ.get("KVSERVE_REPOSITORY")
+    if env:
+        return Path(env)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("kvserve")) / "models"
+
+
+@dataclass
+class Settings:
+    repository: Path = field(default_factory=default_repository)
+    address: str = DEFAULT_ADDRESS
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_upload_bytes: int = 4 * 1024 * 1024 * 1024
+    workers: int = 16
+    default_devices: tuple[str, ...] = DEFAULT_DEVICES
+    default_precision: str = DEFAULT_PRECISION
+    allow_unsafe_deserialization: bool = False
+    conversion_timeout_s: float = 900.0
+    grace_seconds: float = 10.0
+    max_batch_size: int = 64
+    port_file: Path | None = None
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.repository / ".cache"

@@ -1,0 +1,159 @@
+"""One upload, start to finish: receive into staging, sniff, convert in a child, verify, load, publish.
+
+Transport-neutral: takes the header and an iterator of chunks, yields progress events (dicts). The version
+becomes visible only after it has loaded on a device, by an atomic rename; any failure or a cancelled client
+leaves nothing behind but an empty staging slot that is removed here (or at the next start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from kvserve.server import formats
+from kvserve.server.conversion import run_conversion
+from kvserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from kvserve.server.models import READY, ModelManager, ModelVersion
+from kvserve.server.repository import Repository, validate_name
+from kvserve.server.settings import PRECISIONS, Settings
+
+log = logging.getLogger("kvserve.server.uploads")
+
+PROGRESS_EVERY_BYTES = 4 * 1024 * 1024
+SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".keras", ".h5", ".hdf5")
+
+
+@dataclass
+class UploadSpec:
+    name: str
+    filename: str = "model"
+    size: int = 0
+    precision: str = ""
+    devices: list[str] = field(default_factory=list)
+    sha256: str = ""
+    force: bool = False
+
+
+def _suffix(filename: str) -> str:
+    lower = filename.lower()
+    return next((s for s in SUFFIXES if lower.endswith(s)), ".bin")
+
+
+class UploadPipeline:
+    def __init__(self, repository: Repository, manager: ModelManager, settings: Settings) -> None:
+        self.repository = repository
+        self.manager = manager
+        self.settings = settings
+
+    def validate(self, spec: UploadSpec) -> UploadSpec:
+        validate_name(spec.name)
+        spec.precision = spec.precision or self.settings.default_precision
+        if spec.precision not in PRECISIONS:
+            raise InvalidArgument(f"unknown precision '{spec.precision}'; use one of {', '.join(PRECISIONS)}")
+        spec.devices = [d.strip().upper() for d in spec.devices if d.strip()] or list(self.settings.default_devices)
+        unknown = [d for d in spec.devices if d not in self.manager.backends]
+        if unknown:
+            raise InvalidArgument(f"unknown device {', '.join(unknown)}; devices: {', '.join(self.manager.backends)}")
+        if spec.size < 0 or spec.size > self.settings.max_upload_bytes:
+            raise ResourceExhausted(f"upload of {spec.size} bytes exceeds kvd's --max-upload-bytes ({self.settings.max_upload_bytes})")
+        return spec
+
+    def run(self, spec: UploadSpec, chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+        spec = self.validate(spec)
+        staging = self.repository.new_staging()
+        published = False
+        try:
+            timings: dict[str, float] = {}
+            started = time.perf_counter()
+            source = staging / f"source{_suffix(spec.filename)}"
+            digest, size = yield from self._receive(spec, chunks, source)
+            timings["receive_s"] = round(time.perf_counter() - started, 3)
+            fmt = formats.sniff(source, spec.filename)
+            yield {"stage": "RECEIVED", "bytes_received": size, "bytes_total": size, "message": f"{size} bytes, {fmt}"}
+            model_source = source
+            if fmt == formats.SAVEDMODEL:
+                model_source = formats.extract_savedmodel(source, staging / "savedmodel", self.settings.max_upload_bytes * 4)
+            job = {"source": str(model_source), "format": fmt, "out_dir": str(staging), "precision": spec.precision,
+                   "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": "TF" in spec.devices}
+            result: dict[str, Any] = {}
+            for event in run_conversion(job, staging, self.settings.conversion_timeout_s):
+                if "result" in event:
+                    result = event["result"]
+                else:
+                    yield {"stage": event["stage"].upper(), "message": event.get("message", "")}
+            parity = result["parity"]
+            if result.get("conversion_error"):
+                yield {"stage": "CONVERTING", "message": f"{result['conversion_error']}; the original model will be served by TF"}
+            elif not parity["passed"] and not spec.force:
+                raise FailedPrecondition(
+                    f"the converted model disagrees with the original: max rel diff {parity['max_rel_diff']:.3g} > "
+                    f"{parity['tolerance_max_rel_diff']:.3g} allowed for {spec.precision}; try --precision fp32, or "
+                    "--force to accept it"
+                )
+            manifest = self._manifest(spec, fmt, source, digest, size, result, timings)
+            if model_source != source:
+                manifest["source"]["savedmodel_dir"] = model_source.relative_to(staging).as_posix()
+            yield {"stage": "LOADING", "message": f"device preference {','.join(spec.devices)}"}
+            started = time.perf_counter()
+            runner, backend, reason = self.manager.open_runner(staging, manifest, spec.devices)
+            manifest["timings"]["load_s"] = round(time.perf_counter() - started, 3)
+            manifest["served_by"] = {"backend": backend, "reason": reason}
+            try:
+                version = self.repository.publish(staging, spec.name, manifest)
+            except BaseException:
+                runner.close()
+                raise
+            published = True
+            entry = ModelVersion.from_manifest(spec.name, version, manifest)
+            entry.runner, entry.backend, entry.reason, entry.state = runner, backend, reason, READY
+            self.manager.install(entry)
+            log.info("model %s version %d ready: %s", spec.name, version, reason)
+            yield {"stage": "READY", "name": spec.name, "version": str(version), "manifest": manifest, "message": reason}
+        finally:
+            if not published:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _receive(self, spec: UploadSpec, chunks: Iterable[bytes], target: Path) -> Iterator[dict[str, Any]]:
+        digest = hashlib.sha256()
+        size = 0
+        next_report = PROGRESS_EVERY_BYTES
+        with open(target, "wb") as out:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > self.settings.max_upload_bytes:
+                    raise ResourceExhausted(f"upload exceeds kvd's --max-upload-bytes ({self.settings.max_upload_bytes} bytes)")
+                digest.update(chunk)
+                out.write(chunk)
+                if size >= next_report:
+                    next_report += PROGRESS_EVERY_BYTES
+                    yield {"stage": "RECEIVING", "bytes_received": size, "bytes_total": spec.size}
+        if size == 0:
+            raise InvalidArgument("the upload is empty; send the model file's bytes after the header")
+        if spec.size and size != spec.size:
+            raise InvalidArgument(f"upload ended after {size} of the {spec.size} bytes announced; the stream was cut, try again")
+        if spec.sha256 and digest.hexdigest() != spec.sha256.lower():
+            raise InvalidArgument("the upload's sha256 does not match the header's; the file changed or was damaged in transit")
+        return digest.hexdigest(), size
+
+    def _manifest(self, spec: UploadSpec, fmt: str, source: Path, digest: str, size: int, result: dict[str, Any],
+                  timings: dict[str, float]) -> dict[str, Any]:
+        return {
+            "schema": 1,
+            "name": spec.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": {"format": fmt, "filename": Path(spec.filename).name, "file": source.name, "sha256": digest, "bytes": size},
+            "inputs": result["inputs"],
+            "outputs": result["outputs"],
+            "precision": spec.precision,
+            "devices": spec.devices,
+            "ir": result["ir"],
+            "converter": result["converter"],
+            "parity": result["parity"],
+            "conversion_error": result.get("conversion_error"),
+            "timings": {**timings, **result["timings"]},
+        }
