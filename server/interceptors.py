@@ -17,6 +17,8 @@ def _abort(context: grpc.ServicerContext, method: str, error: BaseException) -> 
     if isinstance(error, KvError):
         log.info("%s -> %s: %s", method, error.code.name, error)
         context.abort(error.code, str(error))
+    if isinstance(error, NotImplementedError):  # the generated base class for RPCs kvserve does not offer
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method.rsplit('/', 1)[-1]} is not implemented by kvserve")
     if isinstance(error, TensorError):
         log.info("%s -> INVALID_ARGUMENT: %s", method, error)
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))

@@ -1,0 +1,136 @@
+"""Shared fixtures: a real kvd on 127.0.0.1 and a free port, and models trained or built offline.
+
+Heavy artefacts (the trained digits model in three formats, an InceptionV3 .h5) are made once per session.
+Every kvd a test starts is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@dataclass
+class Kvd:
+    """A kvd child process started for a test."""
+
+    repository: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    port: int
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, **kwargs):
+        from kvserve.client import Client
+
+        return Client(self.address, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def start_kvd(repository: Path, *extra: str, env: dict[str, str] | None = None, wait_ready: bool = True, timeout: float = 120) -> Kvd:
+    """Start kvd on a free port (port 0, read back from --port-file) and wait until it is live (and ready)."""
+    repository.mkdir(parents=True, exist_ok=True)
+    port_file = repository.parent / f"{repository.name}.port"
+    port_file.unlink(missing_ok=True)
+    log_path = repository.parent / f"{repository.name}.kvd.log"
+    args = [sys.executable, "-m", "kvserve.server.main", "--repository", str(repository), "--address", "127.0.0.1:0",
+            "--port-file", str(port_file), *extra]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    while not port_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"kvd did not start:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    kvd = Kvd(repository, log_path, process, int(port_file.read_text()), list(extra))
+    if wait_ready:
+        with kvd.client(timeout=5) as client:
+            while not client.ready():
+                if time.monotonic() > deadline:
+                    kvd.kill()
+                    raise RuntimeError(f"kvd did not become ready:\n{kvd.log()}")
+                time.sleep(0.1)
+    return kvd
+
+
+@pytest.fixture
+def kvd_factory(tmp_path: Path) -> Iterator:
+    """Start any number of kvd processes in a test; all are stopped afterwards."""
+    started: list[Kvd] = []
+
+    def factory(repository: Path | None = None, *extra: str, **kwargs) -> Kvd:
+        kvd = start_kvd(repository or tmp_path / "repo", *extra, **kwargs)
+        started.append(kvd)
+        return kvd
+
+    yield factory
+    for kvd in started:
+        kvd.kill()
+
+
+@dataclass
+class DigitsArtifacts:
+    paths: dict[str, Path]
+    x_test: np.ndarray
+    y_test: np.ndarray
+    keras_probs: np.ndarray
+    keras_accuracy: float
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsArtifacts:
+    """The digits CNN, trained once, saved as .h5, .keras and a zipped SavedModel; with Keras's answers."""
+    import digits as digits_example
+
+    out = tmp_path_factory.mktemp("digits")
+    model, x_test, y_test = digits_example.train()
+    paths = digits_example.save_all_formats(model, out)
+    probs = np.asarray(model.predict(x_test, verbose=0))
+    return DigitsArtifacts(paths, x_test, y_test, probs, float(np.mean(probs.argmax(1) == y_test)))
+
+
+@pytest.fixture(scope="session")
+def served_digits(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifacts) -> Iterator[Kvd]:
+    """One kvd for the session, with the digits model uploaded as 'digits' (.h5, fp16) and 'digits32' (fp32)."""
+    kvd = start_kvd(tmp_path_factory.mktemp("served") / "repo")
+    try:
+        with kvd.client() as client:
+            client.upload(digits.paths["h5"], name="digits")
+            client.upload(digits.paths["h5"], name="digits32", precision="fp32")
+        yield kvd
+    finally:
+        kvd.kill()
