@@ -41,13 +41,31 @@ class Plugins:
     versions: dict[str, str] = field(default_factory=dict)
 
     def converters(self) -> list[Any]:
-        found: list[Any] = []
-        self.manager.hook.kvserve_register_converters(register=found.append)
-        return found
+        return self._collect("kvserve_register_converters")
 
     def backends(self) -> list[Any]:
+        """Every registered backend, built-ins first; a later backend reusing a device name is skipped."""
+        unique: dict[str, Any] = {}
+        for backend in self._collect("kvserve_register_backends"):
+            if backend.name in unique:
+                log.warning("device %s is registered twice; keeping %s, ignoring %s", backend.name,
+                            type(unique[backend.name]).__module__, type(backend).__module__)
+                continue
+            unique[backend.name] = backend
+        return list(unique.values())
+
+    def _collect(self, hook_name: str) -> list[Any]:
+        """Call each plugin's implementation on its own (in registration order), so one that raises is
+        reported and skipped instead of taking the others down."""
         found: list[Any] = []
-        self.manager.hook.kvserve_register_backends(register=found.append)
+        for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+            try:
+                impl.function(register=found.append)
+            except Exception as error:  # noqa: BLE001 - a broken plugin must not take the host down
+                message = f"{hook_name} raised {type(error).__name__}: {error}"
+                log.warning("plugin %s: %s", impl.plugin_name, message)
+                if all(f.name != impl.plugin_name for f in self.failures):
+                    self.failures.append(PluginFailure(impl.plugin_name, message))
         return found
 
     def describe(self) -> list[dict[str, Any]]:
@@ -62,7 +80,10 @@ class Plugins:
                     "error": "",
                 }
             )
-        rows += [{"name": f.name, "version": "", "hooks": [], "builtin": False, "error": f.error} for f in self.failures]
+        errors = {f.name: f.error for f in self.failures}
+        for row in rows:
+            row["error"] = errors.pop(row["name"], "")
+        rows += [{"name": name, "version": "", "hooks": [], "builtin": False, "error": error} for name, error in errors.items()]
         return rows
 
 
@@ -82,30 +103,40 @@ def _allowed(name: str) -> bool:
     return name in {item.strip() for item in allow.split(",") if item.strip()}
 
 
+def _register(plugins: Plugins, name: str, load: Any, version: str) -> bool:
+    """Import and register one plugin and validate its hooks; on any failure, record it and leave it out."""
+    manager = plugins.manager
+    try:
+        plugin = load()
+        if manager.get_plugin(name) is not None:
+            return False
+        manager.register(plugin, name=name)
+    except Exception as error:  # noqa: BLE001 - a broken plugin must not take the host down
+        log.warning("plugin %s failed to load and was skipped: %s", name, error)
+        plugins.failures.append(PluginFailure(name, f"{type(error).__name__}: {error}"))
+        return False
+    try:
+        manager.check_pending()  # e.g. a misspelled hook name
+    except pluggy.PluginValidationError as error:
+        manager.unregister(name=name)
+        log.warning("plugin %s was skipped: %s", name, error)
+        plugins.failures.append(PluginFailure(name, f"invalid plugin: {error}"))
+        return False
+    plugins.versions[name] = version
+    return True
+
+
 def load_plugins(extra: tuple[str, ...] = ()) -> Plugins:
     """Register built-ins, then entry points (``KVSERVE_PLUGINS`` restricts which third-party ones load)."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     plugins = Plugins(manager)
     for module_name in DEFAULT_PLUGINS + extra:
-        try:
-            manager.register(importlib.import_module(module_name), name=module_name)
+        if _register(plugins, module_name, lambda m=module_name: importlib.import_module(m), _builtin_version()):
             plugins.builtin.add(module_name)
-            plugins.versions[module_name] = _builtin_version()
-        except Exception as error:  # noqa: BLE001 - a broken plugin must not take the host down
-            log.warning("plugin %s failed to load: %s", module_name, error)
-            plugins.failures.append(PluginFailure(module_name, f"{type(error).__name__}: {error}"))
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         if not _allowed(entry_point.name):
             log.info("plugin %s skipped (not in KVSERVE_PLUGINS)", entry_point.name)
             continue
-        try:
-            plugin = entry_point.load()
-            if manager.get_plugin(entry_point.name) is None:
-                manager.register(plugin, name=entry_point.name)
-                plugins.versions[entry_point.name] = entry_point.dist.version if entry_point.dist else ""
-        except Exception as error:  # noqa: BLE001
-            log.warning("plugin %s failed to load and was skipped: %s", entry_point.name, error)
-            plugins.failures.append(PluginFailure(entry_point.name, f"{type(error).__name__}: {error}"))
-    manager.check_pending()
+        _register(plugins, entry_point.name, entry_point.load, entry_point.dist.version if entry_point.dist else "")
     return plugins

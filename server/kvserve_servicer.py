@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 import grpc
 
+from kvserve.plugins import safe
 from kvserve.plugins.manager import Plugins
 from kvserve.proto import kvserve_service_pb2 as kv
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
@@ -72,7 +73,7 @@ class KvServeServicer(kv_grpc.KvServeServicer):
     def Devices(self, request: kv.DevicesRequest, context: grpc.ServicerContext) -> kv.DevicesResponse:
         response = kv.DevicesResponse()
         for name, backend in self.manager.backends.items():
-            found = backend.availability()
+            found = safe.availability(backend)
             response.devices.add(name=name, available=found.available, reason=found.reason, full_name=found.full_name,
                                  plugin=type(backend).__module__, precisions=list(getattr(backend, "precisions", ())),
                                  properties=dict(getattr(backend, "properties", dict)()))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from kvserve.plugins import safe
 from kvserve.plugins.manager import Plugins
 from kvserve.plugins.types import LoadRequest, Runner, TensorSpec
 from kvserve.server.errors import FailedPrecondition, NotFound, Unavailable
@@ -71,11 +72,11 @@ class ModelManager:
             if backend is None:
                 skipped.append(f"{device}: no backend plugin provides it")
                 continue
-            availability = backend.availability()
+            availability = safe.availability(backend)
             if not availability.available:
                 skipped.append(f"{device} unavailable: {availability.reason}")
                 continue
-            cannot = backend.can_serve(manifest)
+            cannot = safe.cannot_serve(backend, manifest)
             if cannot:
                 skipped.append(f"{device} cannot serve it: {cannot}")
                 continue
