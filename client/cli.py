@@ -76,9 +76,12 @@ def cli(ctx: click.Context, server: str, timeout: float, verbose: bool) -> None:
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None, help="IR precision (default: the server's, fp16)")
 @click.option("--device", "devices", default="", help="device preference, e.g. CPU,TF (default: the server's)")
 @click.option("--force", is_flag=True, help="keep the model even if the parity check fails")
+@click.option("--sample", "samples", type=click.Path(exists=True, path_type=Path), help="parity inputs: a .npy batch or a folder of images")
+@click.option("--tolerance", type=float, default=0.0, help="parity: max relative difference allowed (default per precision)")
 @click.option("--json", "as_json", is_flag=True, help="print the stored manifest as JSON")
 @click.pass_obj
-def upload(state: State, path: Path, name: str | None, precision: str | None, devices: str, force: bool, as_json: bool) -> None:
+def upload(state: State, path: Path, name: str | None, precision: str | None, devices: str, force: bool, samples: Path | None,
+           tolerance: float, as_json: bool) -> None:
     """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip, .tar.gz)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -95,16 +98,15 @@ def upload(state: State, path: Path, name: str | None, precision: str | None, de
                 bar.update(task, description=event.stage.lower() + (f": {event.message}" if event.message else ""))
 
         manifest = state.client.upload(path, name=name, precision=precision or "", force=force,
-                                       devices=[d for d in devices.split(",") if d], progress=on_event, timeout=None)
+                                       devices=[d for d in devices.split(",") if d], progress=on_event, timeout=None,
+                                       samples=samples, tolerance=tolerance)
     if as_json:
         print_json(manifest)
         return
-    parity = manifest.get("parity", {})
-    _console().print(
-        f"[green]ready[/] {manifest['name']} version {manifest['version']} on {manifest.get('served_by', {}).get('backend', '?')} "
-        f"({manifest['precision']}; parity max abs diff {parity.get('max_abs_diff', float('nan')):.3g}, "
-        f"top-1 agreement {parity.get('top1_agreement')})"
-    )
+    served = manifest.get("served_by", {})
+    _console().print(f"[green]ready[/] {manifest['name']} version {manifest['version']} on {served.get('backend', '?')} "
+                     f"({manifest['precision']}): {served.get('reason', '')}")
+    _console().print(f"parity: {_parity_line(manifest.get('parity'), manifest.get('conversion_error'))}")
 
 
 @cli.command()
@@ -170,7 +172,7 @@ def describe(state: State, name: str, version: str, as_json: bool) -> None:
         print_json(info)
         return
     manifest = info["manifest"]
-    parity = manifest.get("parity") or {}
+    parity = manifest.get("parity")
     rows = [
         ["version", f"{info['version']} (stored: {', '.join(info['versions'])})"],
         ["state", f"{info['state']} on {info['device'] or '-'}"],
@@ -179,11 +181,19 @@ def describe(state: State, name: str, version: str, as_json: bool) -> None:
         ["precision", manifest.get("precision", "")],
         ["inputs", "; ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in manifest["inputs"])],
         ["outputs", "; ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in manifest["outputs"])],
-        ["parity", f"max abs diff {parity.get('max_abs_diff', 0):.3g}, max rel diff {parity.get('max_rel_diff', 0):.3g}, "
-                   f"top-1 agreement {parity.get('top1_agreement')}, passed {parity.get('passed')}" if parity else "-"],
+        ["parity", _parity_line(parity, manifest.get("conversion_error"))],
         ["timings", ", ".join(f"{k} {v}s" for k, v in manifest.get("timings", {}).items())],
     ]
     _table(["", name], rows)
+
+
+def _parity_line(parity: dict[str, Any] | None, conversion_error: str | None = None) -> str:
+    if not parity:
+        return f"none: not converted ({conversion_error})" if conversion_error else "none"
+    agreement = parity.get("top1_agreement")
+    return (f"{'passed' if parity.get('passed') else 'FAILED'}: max abs diff {parity['max_abs_diff']:.3g}, max rel diff "
+            f"{parity['max_rel_diff']:.3g} (allowed {parity['tolerance_max_rel_diff']:.3g}), top-1 agreement "
+            f"{'-' if agreement is None else f'{agreement:.1%}'} on {parity['samples']} {parity['inputs']}")
 
 
 @cli.command()

@@ -131,8 +131,13 @@ class Client:
 
     # --- repository ---------------------------------------------------------------------------------
     def upload(self, path: str | os.PathLike[str], name: str | None = None, precision: str = "", devices: list[str] | None = None,
-               force: bool = False, progress: Callable[[UploadProgress], None] | None = None, timeout: float | None = None) -> dict[str, Any]:
-        """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip or .tar.gz); returns the manifest."""
+               force: bool = False, progress: Callable[[UploadProgress], None] | None = None, timeout: float | None = None,
+               samples: str | os.PathLike[str] | None = None, tolerance: float = 0.0) -> dict[str, Any]:
+        """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip or .tar.gz); returns the manifest.
+
+        ``samples`` (a .npy batch or a folder of images) replaces the seeded inputs of the parity check;
+        ``tolerance`` overrides its max relative difference.
+        """
         path = Path(path)
         if path.is_dir():
             payload: bytes | None = _pack_directory(path)
@@ -141,7 +146,7 @@ class Client:
             payload, filename, size = None, path.name, path.stat().st_size
         model_name = name or path.name.split(".")[0]
         header = kv.UploadHeader(name=model_name, filename=filename, size=size, precision=precision, devices=devices or [],
-                                 options={"force": "1"} if force else {})
+                                 options={"force": "1"} if force else {}, parity_tolerance=tolerance, **_samples(samples))
 
         def requests() -> Iterator[kv.UploadRequest]:
             yield kv.UploadRequest(header=header)
@@ -175,6 +180,22 @@ class Client:
 
     def unload(self, model: str) -> None:
         self.inference.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=model), timeout=self.timeout)
+
+
+def _samples(samples: str | os.PathLike[str] | None) -> dict[str, Any]:
+    if samples is None:
+        return {}
+    path = Path(samples)
+    if path.is_dir():
+        from kvserve.client.inputs import IMAGE_SUFFIXES
+
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) to use as parity samples")
+        return {"sample_images": [p.read_bytes() for p in images[:64]]}
+    if path.suffix.lower() != ".npy":
+        raise ValueError(f"{path}: parity samples are a .npy file or a folder of images")
+    return {"samples_npy": path.read_bytes()}
 
 
 def timeout_or(timeout: float | None, at_least: float = 300.0) -> float | None:

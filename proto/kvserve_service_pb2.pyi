@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UploadHeader(_message.Message):
-    __slots__ = ("name", "filename", "size", "precision", "devices", "sha256", "options")
+    __slots__ = ("name", "filename", "size", "precision", "devices", "sha256", "options", "samples_npy", "sample_images", "parity_tolerance")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,9 @@ class UploadHeader(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_NPY_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PARITY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     filename: str
     size: int
@@ -30,7 +33,10 @@ class UploadHeader(_message.Message):
     devices: _containers.RepeatedScalarFieldContainer[str]
     sha256: str
     options: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., size: _Optional[int] = ..., precision: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    samples_npy: bytes
+    sample_images: _containers.RepeatedScalarFieldContainer[bytes]
+    parity_tolerance: float
+    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., size: _Optional[int] = ..., precision: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., samples_npy: _Optional[bytes] = ..., sample_images: _Optional[_Iterable[bytes]] = ..., parity_tolerance: _Optional[float] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("header", "chunk")

@@ -47,7 +47,7 @@ def _ir_predictor(xml: Path, precision: str) -> Any:
 
 def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     from kvserve.plugins.manager import load_plugins
-    from kvserve.server.parity import parity_report
+    from kvserve.server.parity import parity_report, sample_feeds
 
     fault = os.environ.get("KVSERVE_TEST_FAULT", "")
     if fault == "converter-crash":  # test-only fault injection: a converter that dies hard
@@ -76,8 +76,14 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
         _corrupt_weights(xml.with_suffix(".bin"))
     _emit(channel, {"stage": "verifying", "message": "comparing the IR with the original on seeded inputs"})
     started = time.perf_counter()
-    report = parity_report(model.reference, _ir_predictor(xml, options.precision),
-                           model.inputs, options.precision, batch=int(job.get("parity_batch", 8)))
+    feeds, feeds_source = None, ""
+    if job.get("samples_npy") or job.get("sample_images"):
+        try:
+            feeds, feeds_source = sample_feeds(model.inputs, job.get("samples_npy"), job.get("sample_images"))
+        except (ValueError, OSError) as error:
+            raise ModelRejected(f"the parity samples cannot be used: {error}") from None
+    report = parity_report(model.reference, _ir_predictor(xml, options.precision), model.inputs, options.precision,
+                           batch=int(job.get("parity_batch", 8)), tolerance=job.get("tolerance"), feeds=feeds, feeds_source=feeds_source)
     verify_s = time.perf_counter() - started
     import openvino as ov
 

@@ -37,7 +37,9 @@ class KvServeServicer(kv_grpc.KvServeServicer):
         header = first.header
         spec = UploadSpec(name=header.name, filename=header.filename or "model", size=header.size,
                           precision=header.precision.lower(), devices=list(header.devices), sha256=header.sha256,
-                          force=header.options.get("force", "").lower() in {"1", "true", "yes"})
+                          force=header.options.get("force", "").lower() in {"1", "true", "yes"},
+                          samples_npy=header.samples_npy, sample_images=list(header.sample_images),
+                          parity_tolerance=header.parity_tolerance)
         for event in self.uploads.run(spec, _chunks(request_iterator, context)):
             manifest: dict[str, Any] | None = event.get("manifest")
             yield kv.UploadEvent(

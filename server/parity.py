@@ -6,6 +6,7 @@ elements do not dominate), and top-1 agreement over the batch. Pure numpy, so it
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -67,10 +68,37 @@ def parity_report(
     precision: str,
     batch: int = 8,
     tolerance: float | None = None,
+    feeds: dict[str, np.ndarray] | None = None,
+    feeds_source: str = "",
 ) -> dict[str, Any]:
-    feeds = seeded_inputs(inputs, batch)
+    """Run both models on ``feeds`` (user samples) or seeded inputs; ``passed`` compares max rel diff."""
+    if feeds is None:
+        feeds, feeds_source = seeded_inputs(inputs, batch), "seeded uniform [0, 1), seed 0"
     report = compare(reference(feeds), candidate(feeds))
     limit = TOLERANCES.get(precision, TOLERANCES["fp16"]) if tolerance is None else tolerance
-    report.update({"samples": batch, "inputs": "seeded uniform [0, 1), seed 0", "precision": precision,
-                   "tolerance_max_rel_diff": limit, "passed": report["max_rel_diff"] <= limit})
+    samples = int(next(iter(feeds.values())).shape[0]) if feeds and next(iter(feeds.values())).ndim else 1
+    report.update({"samples": samples, "inputs": feeds_source, "precision": precision,
+                   "tolerance_max_rel_diff": limit, "passed": bool(report["max_rel_diff"] <= limit)})
     return report
+
+
+def sample_feeds(inputs: list[TensorSpec], npy_path: str | None = None, image_paths: list[str] | None = None
+                 ) -> tuple[dict[str, np.ndarray], str]:
+    """User-given parity inputs for a single-input model: a .npy batch, or images decoded to its input size."""
+    if len(inputs) != 1:
+        raise ValueError(f"sample inputs need a single-input model; this one has {len(inputs)} inputs")
+    spec = inputs[0]
+    dtype = NUMPY_TYPES[spec.datatype]
+    if npy_path:
+        array = np.load(npy_path, allow_pickle=False)
+        if array.ndim == len(spec.shape) - 1:
+            array = array[None, ...]
+        if array.ndim != len(spec.shape) or any(d >= 0 and d != a for d, a in zip(spec.shape, array.shape)):
+            raise ValueError(f"sample array of shape {list(array.shape)} does not fit input '{spec.name}' {list(spec.shape)}")
+        return {spec.name: array.astype(dtype)}, f"user samples (.npy, {array.shape[0]})"
+    from kvserve.client.inputs import load_image  # Pillow only
+
+    if len(spec.shape) != 4 or spec.shape[-1] not in (1, 3):
+        raise ValueError(f"sample images need an NHWC image input; '{spec.name}' is {list(spec.shape)}")
+    images = [load_image(Path(p), spec.shape[1], spec.shape[2], spec.shape[3]) for p in image_paths or []]
+    return {spec.name: np.stack(images).astype(dtype)}, f"user samples ({len(images)} images)"

@@ -37,6 +37,9 @@ class UploadSpec:
     devices: list[str] = field(default_factory=list)
     sha256: str = ""
     force: bool = False
+    samples_npy: bytes = b""
+    sample_images: list[bytes] = field(default_factory=list)
+    parity_tolerance: float = 0.0
 
 
 def _suffix(filename: str) -> str:
@@ -59,6 +62,8 @@ class UploadPipeline:
         unknown = [d for d in spec.devices if d not in self.manager.backends]
         if unknown:
             raise InvalidArgument(f"unknown device {', '.join(unknown)}; devices: {', '.join(self.manager.backends)}")
+        if spec.parity_tolerance < 0:
+            raise InvalidArgument("parity tolerance must be positive (a max relative difference, e.g. 0.01)")
         if spec.size < 0 or spec.size > self.settings.max_upload_bytes:
             raise ResourceExhausted(f"upload of {spec.size} bytes exceeds kvd's --max-upload-bytes ({self.settings.max_upload_bytes})")
         return spec
@@ -79,7 +84,8 @@ class UploadPipeline:
             if fmt == formats.SAVEDMODEL:
                 model_source = formats.extract_savedmodel(source, staging / "savedmodel", self.settings.max_upload_bytes * 4)
             job = {"source": str(model_source), "format": fmt, "out_dir": str(staging), "precision": spec.precision,
-                   "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": "TF" in spec.devices}
+                   "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": "TF" in spec.devices,
+                   "tolerance": spec.parity_tolerance or None, **self._stage_samples(spec, staging)}
             result: dict[str, Any] = {}
             for event in run_conversion(job, staging, self.settings.conversion_timeout_s):
                 if "result" in event:
@@ -117,6 +123,23 @@ class UploadPipeline:
         finally:
             if not published:
                 shutil.rmtree(staging, ignore_errors=True)
+
+    @staticmethod
+    def _stage_samples(spec: UploadSpec, staging: Path) -> dict[str, Any]:
+        """User-given parity inputs go to files the converter child reads."""
+        if not spec.samples_npy and not spec.sample_images:
+            return {}
+        folder = staging / "samples"
+        folder.mkdir()
+        if spec.samples_npy:
+            (folder / "samples.npy").write_bytes(spec.samples_npy)
+            return {"samples_npy": str(folder / "samples.npy")}
+        paths = []
+        for index, data in enumerate(spec.sample_images):
+            path = folder / f"image-{index:04d}"
+            path.write_bytes(data)
+            paths.append(str(path))
+        return {"sample_images": paths}
 
     def _receive(self, spec: UploadSpec, chunks: Iterable[bytes], target: Path) -> Iterator[dict[str, Any]]:
         digest = hashlib.sha256()

@@ -153,10 +153,11 @@ def _numpy_dtype(datatype: str) -> Any:
 
 def _conversion_message(error: Exception) -> str:
     text = str(error).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    # OpenVINO lists the offending operations; keep those lines, drop its long generic advice.
-    keep = [line for line in lines if "operation" in line.lower() or "op " in line.lower() or "layer" in line.lower()]
-    summary = "; ".join((keep or lines)[:5])[:800]
+    lines = [line.strip(" -") for line in text.splitlines() if line.strip()]
+    # OpenVINO lists the offending operations ("No conversion rule found for operations: Lgamma"); keep those
+    # lines and drop its source locations and generic advice.
+    keep = [line for line in lines if "operation" in line.lower() and not line.startswith("To facilitate")]
+    summary = "; ".join((keep or [l for l in lines if not l.startswith("Check ")] or lines)[:5])[:800]
     return f"OpenVINO could not convert the model: {summary}"
 
 

@@ -1,0 +1,151 @@
+"""Device preference, the TF fallback, parity reports and their failure modes, against a real kvd."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from test_upload_formats import tensorflow_loaded
+
+
+def _rpc_error(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def test_tf_device_serves_the_original_model(kvd_factory, digits):
+    kvd = kvd_factory()
+    with kvd.client() as client:
+        assert not tensorflow_loaded(kvd.process.pid)
+        manifest = client.upload(digits.paths["keras"], name="digits", devices=["TF"])
+        assert manifest["served_by"]["backend"] == "TF"
+        assert client.describe("digits")["device"] == "TF"
+        assert client.metadata("digits")["platform"] == "tensorflow:TF"
+        probs = client.infer("digits", digits.x_test)["probabilities"]
+    assert np.max(np.abs(probs - digits.keras_probs)) < 1e-5
+    assert tensorflow_loaded(kvd.process.pid), "a TF-served model is what brings TensorFlow into kvd"
+
+
+def test_unavailable_devices_are_skipped_with_the_reason_recorded(served_digits, digits):
+    with served_digits.client() as client:
+        manifest = client.upload(digits.paths["h5"], name="prefers-gpu", devices=["GPU", "MYRIAD", "CPU"])
+        reason = manifest["served_by"]["reason"]
+        assert manifest["served_by"]["backend"] == "CPU"
+        assert "GPU unavailable: OpenVINO cannot open GPU" in reason and "MYRIAD unavailable" in reason and reason.endswith("served by CPU")
+        index = {(m["name"], m["version"]): m for m in client.list_models()}
+        assert index[("prefers-gpu", "1")]["reason"] == reason
+        assert client.describe("prefers-gpu")["reason"] == reason
+        assert client.metadata("prefers-gpu")["platform"] == "openvino:CPU"
+        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="gpu-only", devices=["GPU"]))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no device could serve the model: GPU unavailable" in error.details()
+        assert "gpu-only" not in {m["name"] for m in client.list_models()}
+
+
+def test_repository_load_moves_a_model_between_devices(served_digits, digits):
+    with served_digits.client() as client:
+        client.upload(digits.paths["h5"], name="mover", precision="fp32")
+        on_cpu = client.infer("mover", digits.x_test[:32])["probabilities"]
+        client.load("mover", devices=["TF"])
+        assert client.describe("mover")["device"] == "TF"
+        on_tf = client.infer("mover", digits.x_test[:32])["probabilities"]
+        client.load("mover", devices=["CPU"])
+        assert client.describe("mover")["device"] == "CPU"
+        error = _rpc_error(lambda: client.load("mover", devices=["GPU"]))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "GPU unavailable" in error.details()
+        assert client.describe("mover")["device"] == "CPU", "a failed move keeps the model where it was"
+        assert client.model_ready("mover")
+    np.testing.assert_allclose(on_cpu, on_tf, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def lgamma_savedmodel(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A Keras model with a custom layer using lgamma, which OpenVINO cannot convert, exported as a SavedModel."""
+    import keras
+    import tensorflow as tf
+
+    class LogGamma(keras.layers.Layer):
+        def call(self, x):
+            return tf.math.lgamma(x + 1.0)
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,), name="features")
+    outputs = keras.layers.Dense(3, activation="softmax", name="scores")(LogGamma()(inputs))
+    model = keras.Model(inputs, outputs)
+    out = tmp_path_factory.mktemp("lgamma")
+    model.export(str(out / "lgamma_model"), verbose=False)
+    archive = Path(shutil.make_archive(str(out / "lgamma_model"), "zip", root_dir=out, base_dir="lgamma_model"))
+    x = np.random.default_rng(0).random((5, 6), dtype=np.float32)
+    return archive, x, np.asarray(model(x, training=False))
+
+
+def test_unconvertible_custom_layer_falls_back_to_tf(served_digits, lgamma_savedmodel):
+    archive, x, expected = lgamma_savedmodel
+    with served_digits.client() as client:
+        manifest = client.upload(archive, name="lgamma")
+        assert manifest["ir"] is None and manifest["parity"] is None
+        assert "Lgamma" in manifest["conversion_error"]
+        assert manifest["served_by"]["backend"] == "TF"
+        assert "CPU cannot serve it" in manifest["served_by"]["reason"]
+        got = next(iter(client.infer("lgamma", x).values()))
+        described = client.describe("lgamma")
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert described["device"] == "TF" and "Lgamma" in described["manifest"]["conversion_error"]
+
+
+def test_unconvertible_model_is_refused_naming_the_op_without_tf(served_digits, lgamma_savedmodel):
+    archive, _, _ = lgamma_savedmodel
+    with served_digits.client() as client:
+        error = _rpc_error(lambda: client.upload(archive, name="lgamma-cpu", devices=["CPU"]))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "OpenVINO could not convert the model" in error.details() and "Lgamma" in error.details()
+
+
+def test_user_samples_drive_the_parity_check(served_digits, digits, tmp_path):
+    samples = tmp_path / "samples.npy"
+    np.save(samples, digits.x_test[:20])
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for index in range(3):
+        Image.fromarray((digits.x_test[index, ..., 0] * 255).astype(np.uint8), mode="L").resize((32, 32)).save(images / f"{index}.png")
+    with served_digits.client() as client:
+        manifest = client.upload(digits.paths["h5"], name="sampled", samples=samples)
+        assert manifest["parity"]["samples"] == 20 and manifest["parity"]["inputs"] == "user samples (.npy, 20)"
+        assert manifest["parity"]["top1_agreement"] == 1.0
+        manifest = client.upload(digits.paths["h5"], name="sampled", samples=images, tolerance=0.05)
+        assert manifest["parity"]["inputs"] == "user samples (3 images)" and manifest["parity"]["tolerance_max_rel_diff"] == 0.05
+        bad = tmp_path / "bad.npy"
+        np.save(bad, np.zeros((2, 5, 5), np.float32))
+        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="sampled", samples=bad))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "parity samples cannot be used" in error.details()
+
+
+def test_corrupted_ir_fails_the_parity_check(kvd_factory, digits):
+    kvd = kvd_factory(env={"KVSERVE_TEST_FAULT": "corrupt-ir"})
+    with kvd.client() as client:
+        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="corrupt"))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "disagrees with the original" in error.details() and "--force" in error.details()
+        assert client.list_models() == []
+        manifest = client.upload(digits.paths["h5"], name="corrupt", force=True)
+        assert manifest["parity"]["passed"] is False
+    stored = json.loads((kvd.repository / "corrupt" / "1" / "manifest.json").read_text())
+    assert stored["parity"]["passed"] is False
+
+
+def test_converter_crash_fails_only_that_upload(kvd_factory, digits):
+    kvd = kvd_factory(env={"KVSERVE_TEST_FAULT": "converter-crash"})
+    with kvd.client() as client:
+        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="crashy"))
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert "converter process died (signal 11)" in error.details() and "kvd keeps serving" in error.details()
+        assert client.live() and client.ready()
+    assert not any((kvd.repository / ".staging").iterdir())
