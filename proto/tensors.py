@@ -135,7 +135,14 @@ def _from_typed(name: str, datatype: str, shape: tuple[int, ...], contents: pb.I
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    return np.asarray(values, dtype=DATATYPES[datatype]).reshape(shape)
+    dtype = DATATYPES[datatype]
+    if dtype.kind in "iu" and count:
+        wide = np.asarray(values, dtype=np.int64 if dtype.kind == "i" or datatype != "UINT64" else np.uint64)
+        limits = np.iinfo(dtype)
+        if wide.min() < limits.min or wide.max() > limits.max:
+            raise TensorError(f"input '{name}': {field} has values outside the {datatype} range [{limits.min}, {limits.max}]")
+        return wide.astype(dtype).reshape(shape)
+    return np.asarray(values, dtype=dtype).reshape(shape)
 
 
 def decode_request_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
@@ -182,6 +189,8 @@ def encode_response_outputs(response: pb.ModelInferResponse, outputs: Mapping[st
 def decode_response_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     """A response's outputs as numpy arrays (raw or typed), for clients."""
     raw = response.raw_output_contents
+    if raw and len(raw) != len(response.outputs):
+        raise TensorError(f"response has {len(raw)} raw_output_contents for {len(response.outputs)} outputs")
     result: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(response.outputs):
         shape = tuple(int(d) for d in tensor.shape)

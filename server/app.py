@@ -53,7 +53,7 @@ def build(settings: Settings) -> Daemon:
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvd-rpc"),
                          interceptors=[ErrorInterceptor()], options=options)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(manager, DataPlane(manager), settings), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(manager, DataPlane(manager, settings.max_batch_size), settings), server)
     kv_grpc.add_KvServeServicer_to_server(KvServeServicer(manager, UploadPipeline(repository, manager, settings), plugins), server)
     port = server.add_insecure_port(settings.address)
     if port == 0:

@@ -82,8 +82,12 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
             feeds, feeds_source = sample_feeds(model.inputs, job.get("samples_npy"), job.get("sample_images"))
         except (ValueError, OSError) as error:
             raise ModelRejected(f"the parity samples cannot be used: {error}") from None
-    report = parity_report(model.reference, _ir_predictor(xml, options.precision), model.inputs, options.precision,
-                           batch=int(job.get("parity_batch", 8)), tolerance=job.get("tolerance"), feeds=feeds, feeds_source=feeds_source)
+    try:
+        report = parity_report(model.reference, _ir_predictor(xml, options.precision), model.inputs, options.precision,
+                               batch=int(job.get("parity_batch", 8)), tolerance=job.get("tolerance"), feeds=feeds,
+                               feeds_source=feeds_source)
+    except ValueError as error:  # the IR answers in another shape or misses an output
+        raise ConversionFailed(f"the converted model does not answer like the original: {error}") from None
     verify_s = time.perf_counter() - started
     import openvino as ov
 

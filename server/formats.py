@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -9,6 +10,7 @@ from pathlib import Path, PurePosixPath
 from kvserve.server.errors import InvalidArgument
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or the end record of an empty zip
 KERAS_H5 = "keras-h5"
 KERAS_V3 = "keras-v3"
 SAVEDMODEL = "savedmodel"
@@ -28,7 +30,8 @@ def sniff(path: Path, filename: str) -> str:
         head = handle.read(8)
     if head.startswith(HDF5_MAGIC):
         return KERAS_H5
-    if zipfile.is_zipfile(path):
+    # By the leading magic, not zipfile.is_zipfile: that finds the end record of a .zip stored *inside* a .tar.
+    if head.startswith(ZIP_MAGICS):
         try:
             with zipfile.ZipFile(path) as archive:
                 names = set(archive.namelist())
@@ -54,10 +57,22 @@ def extract_savedmodel(archive_path: Path, dest: Path, max_bytes: int, max_membe
     """Unpack a SavedModel archive into ``dest`` and return the directory holding ``saved_model.pb``.
 
     Refuses absolute or ``..`` members, links and devices, more than ``max_members`` entries, and more than
-    ``max_bytes`` uncompressed, before writing anything.
+    ``max_bytes`` uncompressed, before writing anything; a damaged or self-contradicting archive is a client
+    error too.
     """
+    try:
+        return _extract(archive_path, dest, max_bytes, max_members)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
+        raise InvalidArgument(f"the archive is damaged ({error}); pack the SavedModel again") from None
+    except OSError as error:  # e.g. a file member and a folder member with the same path
+        raise InvalidArgument(f"the archive's members conflict ({error.strerror}: {Path(error.filename or '').name}); pack the SavedModel again") from None
+
+
+def _extract(archive_path: Path, dest: Path, max_bytes: int, max_members: int) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive_path):
+    with open(archive_path, "rb") as handle:
+        is_zip = handle.read(4).startswith(ZIP_MAGICS)
+    if is_zip:
         with zipfile.ZipFile(archive_path) as archive:
             infos = archive.infolist()
             _check_totals(len(infos), sum(i.file_size for i in infos), max_bytes, max_members)
@@ -65,19 +80,15 @@ def extract_savedmodel(archive_path: Path, dest: Path, max_bytes: int, max_membe
                 _check_member(info.filename)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:
                     raise InvalidArgument(f"archive member {info.filename!r} is a symbolic link; links are not accepted")
-            written = 0
             for info in infos:
                 target = dest / _check_member(info.filename)
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
+                # zipfile never reads past a member's declared size, and the declared sizes were bounded above
                 with archive.open(info) as src, open(target, "wb") as out:
-                    while block := src.read(1 << 20):
-                        written += len(block)
-                        if written > max_bytes:  # the header lied about sizes: stop at the bound
-                            raise InvalidArgument(f"archive unpacks to more than {max_bytes} bytes; refusing it")
-                        out.write(block)
+                    shutil.copyfileobj(src, out, 1 << 20)
     else:
         with tarfile.open(archive_path) as archive:
             members = archive.getmembers()

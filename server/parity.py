@@ -1,7 +1,8 @@
 """Does the converted model answer like the original? Seeded inputs, both models, three figures.
 
-Figures per output: max abs diff, max rel diff (abs diff over the output's largest magnitude, so near-zero
-elements do not dominate), and top-1 agreement over the batch. Pure numpy, so it is cheap to test.
+Figures per output: max abs diff, max rel diff (abs diff over the output's spread, max - min, so near-zero
+elements do not dominate and a nearly flat output cannot hide a wrong model behind a tiny absolute error), and
+top-1 agreement over the batch. Pure numpy, so it is cheap to test.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from kvserve.plugins.types import TensorSpec
 # bf16 execution on AMX CPUs) move outputs by up to ~1e-2 of their range.
 TOLERANCES: dict[str, float] = {"fp32": 1e-4, "fp16": 3e-2}
 NUMPY_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
-               "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "BOOL": np.bool_}
+               "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+               "UINT64": np.uint64, "BOOL": np.bool_}
 
 
 def seeded_inputs(specs: list[TensorSpec], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -43,9 +45,12 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
         if name not in candidate:
             raise ValueError(f"converted model did not produce output '{name}'")
         ref64 = np.asarray(ref, dtype=np.float64)
-        got64 = np.asarray(candidate[name], dtype=np.float64).reshape(ref64.shape)
+        got64 = np.asarray(candidate[name], dtype=np.float64)
+        if got64.shape != ref64.shape:
+            raise ValueError(f"converted model's output '{name}' has shape {list(got64.shape)}, the original's {list(ref64.shape)}")
         diff = np.abs(ref64 - got64)
-        scale = float(np.max(np.abs(ref64))) if ref64.size else 0.0
+        scale = float(np.ptp(ref64)) if ref64.size else 0.0
+        scale = scale if scale > 0 else (float(np.max(np.abs(ref64))) if ref64.size else 0.0)
         entry = {
             "max_abs_diff": float(diff.max()) if diff.size else 0.0,
             "max_rel_diff": float(diff.max() / scale) if diff.size and scale > 0 else float(diff.max() if diff.size else 0.0),
@@ -54,11 +59,16 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
             entry["top1_agreement"] = float(np.mean(ref64.argmax(-1) == got64.argmax(-1)))
         per_output[name] = entry
     return {
-        "max_abs_diff": max((e["max_abs_diff"] for e in per_output.values()), default=0.0),
-        "max_rel_diff": max((e["max_rel_diff"] for e in per_output.values()), default=0.0),
+        "max_abs_diff": _worst(e["max_abs_diff"] for e in per_output.values()),
+        "max_rel_diff": _worst(e["max_rel_diff"] for e in per_output.values()),
         "top1_agreement": min((e["top1_agreement"] for e in per_output.values() if "top1_agreement" in e), default=None),
         "outputs": per_output,
     }
+
+
+def _worst(values: Any) -> float:
+    """The largest value, where NaN counts as worse than anything (Python's max() would skip it)."""
+    return max(values, key=lambda v: (np.isnan(v), v), default=0.0)
 
 
 def parity_report(

@@ -33,8 +33,13 @@ def validate_name(name: str) -> str:
     return name
 
 
+def is_version(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts characters like '²' that int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_version(version: str) -> int:
-    if not version.isdigit() or int(version) < 1:
+    if not is_version(version) or int(version) < 1:
         raise InvalidArgument(f"invalid version {version!r}: versions are positive integers (1, 2, ...)")
     return int(version)
 
@@ -62,12 +67,15 @@ def _fsync_dir(path: Path) -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write JSON durably: temp file, fsync, rename."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class Repository:
@@ -87,7 +95,10 @@ class Repository:
         """Remove what interrupted uploads and deletes left behind; returns what was removed."""
         removed = []
         for entry in self.staging_root.iterdir():
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)  # files and links (a link's target is never followed)
             removed.append(entry.name)
         return removed
 
@@ -99,7 +110,7 @@ class Repository:
         model_dir = self.root / validate_name(name)
         if not model_dir.is_dir():
             return []
-        return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file())
+        return sorted(int(p.name) for p in model_dir.iterdir() if is_version(p.name) and (p / MANIFEST).is_file())
 
     def version_dir(self, name: str, version: int) -> Path:
         path = self.root / validate_name(name) / str(int(version))
@@ -113,6 +124,8 @@ class Repository:
 
     # --- writing --------------------------------------------------------------------------------------
     def new_staging(self, prefix: str = "upload-") -> Path:
+        if not NAME_PATTERN.fullmatch(prefix.rstrip("-")):
+            raise ValueError(f"staging prefix {prefix!r} must be a plain name")
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.staging_root))
 
     def publish(self, staging: Path, name: str, manifest: dict[str, Any]) -> int:
@@ -121,7 +134,7 @@ class Repository:
         model_dir = self.root / name
         with self._lock:
             model_dir.mkdir(exist_ok=True)
-            existing = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+            existing = [int(p.name) for p in model_dir.iterdir() if is_version(p.name)]
             version = max(existing, default=0) + 1
             manifest["version"] = str(version)
             write_json(staging / MANIFEST, manifest)
@@ -132,12 +145,12 @@ class Repository:
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
         """Remove one version, or every version; returns the versions removed."""
-        versions = [version] if version is not None else self.versions(name)
-        if version is not None:
-            self.version_dir(name, version)  # NotFound with the list of versions
-        elif not versions:
-            raise NotFound(f"model '{name}' not found; available: {', '.join(self.names()) or 'none'}")
-        with self._lock:
+        with self._lock:  # check and rename under one lock: two deletes of one version cannot both pass
+            versions = [version] if version is not None else self.versions(name)
+            if version is not None:
+                self.version_dir(name, version)  # NotFound with the list of versions
+            elif not versions:
+                raise NotFound(f"model '{name}' not found; available: {', '.join(self.names()) or 'none'}")
             for number in versions:
                 trash = self.staging_root / f"deleted-{name}-{number}-{os.getpid()}-{threading.get_ident()}"
                 os.rename(self.root / name / str(number), trash)

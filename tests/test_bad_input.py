@@ -199,3 +199,10 @@ def test_lambda_layer_is_refused_without_opt_in(client, tmp_path):
 def test_unimplemented_rpcs_say_so(client):
     code, _ = _status(lambda: client.inference.ModelStatistics(pb.ModelStatisticsRequest(name="digits")))
     assert code == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_empty_batch_and_oversized_batch(client):
+    code, message = _status(lambda: client.infer("digits", np.zeros((0, 8, 8, 1), np.float32)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "is empty" in message
+    code, message = _status(lambda: client.infer("digits", np.zeros((65, 8, 8, 1), np.float32)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "exceeds this server's max batch size 64" in message
