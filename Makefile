@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test protos check-protos bench clean
+.PHONY: install demo demo-inception test protos check-protos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+demo-inception: $(STAMP)
+	$(BIN)/python examples/demo_inception.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -7,6 +7,7 @@ inputs failed); 4 kvd unreachable.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -15,7 +16,10 @@ import click
 import grpc
 
 from kvserve.client.client import Client, UploadProgress, default_server
-from kvserve.client.inputs import InputError, load_input, top_k
+import numpy as np
+
+from kvserve.client.inputs import InputError, NamedBatch, expand, load_input
+from kvserve.client.preprocessing import MODES, RESIZE_METHODS, Preprocess
 
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3
@@ -70,6 +74,20 @@ def cli(ctx: click.Context, server: str, timeout: float, verbose: bool) -> None:
     ctx.obj = State(server, verbose, timeout)
 
 
+def preprocessing_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--preprocess/--resize/--center-crop/--labels, shared by upload and configure."""
+    for option in reversed([
+        click.option("--preprocess", type=click.Choice(MODES), default=None,
+                     help="how images become inputs: none (0-255), unit (/255), inception ([-1,1]), caffe (BGR - mean), torch (mean/std)"),
+        click.option("--resize", type=click.Choice(RESIZE_METHODS), default="bilinear", show_default=True, help="resize method for images"),
+        click.option("--center-crop", is_flag=True, help="crop images to the input's aspect ratio before resizing"),
+        click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="class labels: text, one per line, or JSON (list, or Keras's imagenet_class_index.json)"),
+    ]):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="model name (default: the file name without suffix)")
@@ -78,10 +96,11 @@ def cli(ctx: click.Context, server: str, timeout: float, verbose: bool) -> None:
 @click.option("--force", is_flag=True, help="keep the model even if the parity check fails")
 @click.option("--sample", "samples", type=click.Path(exists=True, path_type=Path), help="parity inputs: a .npy batch or a folder of images")
 @click.option("--tolerance", type=float, default=0.0, help="parity: max relative difference allowed (default per precision)")
+@preprocessing_options
 @click.option("--json", "as_json", is_flag=True, help="print the stored manifest as JSON")
 @click.pass_obj
 def upload(state: State, path: Path, name: str | None, precision: str | None, devices: str, force: bool, samples: Path | None,
-           tolerance: float, as_json: bool) -> None:
+           tolerance: float, preprocess: str | None, resize: str, center_crop: bool, labels: Path | None, as_json: bool) -> None:
     """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip, .tar.gz)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -99,7 +118,8 @@ def upload(state: State, path: Path, name: str | None, precision: str | None, de
 
         manifest = state.client.upload(path, name=name, precision=precision or "", force=force,
                                        devices=[d for d in devices.split(",") if d], progress=on_event, timeout=None,
-                                       samples=samples, tolerance=tolerance)
+                                       samples=samples, tolerance=tolerance, preprocess=preprocess, resize=resize,
+                                       center_crop=center_crop, labels=labels)
     if as_json:
         print_json(manifest)
         return
@@ -113,37 +133,58 @@ def upload(state: State, path: Path, name: str | None, precision: str | None, de
 @click.option("--model", "-m", required=True, help="model name")
 @click.option("--version", default="", help="model version (default: latest)")
 @click.option("--top", "top", default=5, show_default=True, help="how many classes to show per input")
+@click.option("--batch-size", default=16, show_default=True, help="images sent per request")
 @click.option("--json", "as_json", is_flag=True, help="print results as JSON")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
 @click.pass_obj
-def infer(state: State, model: str, version: str, top: int, as_json: bool, inputs: tuple[Path, ...]) -> None:
-    """Run MODEL on .npy tensors or image files."""
-    meta = state.client.metadata(model, version)
-    if len(meta["inputs"]) != 1:
-        fail(f"model '{model}' has {len(meta['inputs'])} inputs; kvctl infer feeds single-input models, use the Python client")
-    spec = meta["inputs"][0]
-    output = next((o["name"] for o in meta["outputs"] if len(o["shape"]) >= 2 and o["shape"][-1] != 1), meta["outputs"][0]["name"])
+def infer(state: State, model: str, version: str, top: int, batch_size: int, as_json: bool, inputs: tuple[str, ...]) -> None:
+    """Classify images (files, folders, globs) or .npy tensors with MODEL.
+
+    Images are decoded, resized and preprocessed as the model's manifest says; the server returns the top
+    classes with their labels. A file that cannot be read is reported and the others still run (exit 3).
+    """
+    info = state.client.describe(model, version)
+    manifest, served_version = info["manifest"], info["version"]
+    if len(manifest["inputs"]) != 1:
+        fail(f"model '{model}' has {len(manifest['inputs'])} inputs; kvctl infer feeds single-input models, use the Python client")
+    spec = manifest["inputs"][0]
+    preprocess = Preprocess.from_dict(manifest.get("preprocess"))
+    files, failures = expand(inputs)
     results: list[dict[str, Any]] = []
-    failures: list[str] = []
-    served_version = version
-    for path in inputs:
+    pending: list[NamedBatch] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        batch = np.concatenate([item.array for item in pending])
+        rows = iter(state.client.classify(model, {spec["name"]: batch}, k=top, version=served_version))
+        for item in pending:
+            results.extend({"input": label, "top": [c.to_dict() for c in next(rows)]} for label in item.labels)
+        pending.clear()
+
+    for path in files:
         try:
-            batch = load_input(path, spec)
+            item = load_input(path, spec, preprocess)
         except InputError as error:
             failures.append(str(error))
             continue
-        scores = state.client.infer(model, {spec["name"]: batch.array}, version=version, outputs=[output])[output]
-        served_version = served_version or (meta["versions"][-1] if meta["versions"] else "")
-        for label, row in zip(batch.labels, top_k(scores, top)):
-            results.append({"input": label, "top": [{"index": i, "score": s, "label": None} for i, s in row]})
+        if item.array.shape[0] > 1:  # a .npy batch goes on its own
+            flush()
+            pending.append(item)
+            flush()
+            continue
+        pending.append(item)
+        if len(pending) >= batch_size:
+            flush()
+    flush()
     if as_json:
         print_json({"model": model, "version": served_version, "results": results})
-    else:
-        _table(["input", "top classes (index: score)"],
-               [[r["input"], "  ".join(f"{t['index']}: {t['score']:.4f}" for t in r["top"])] for r in results],
+    elif results:
+        _table(["input", "top classes"],
+               [[_shown_path(r["input"]), "  ".join(f"{t['label'] or t['index']} {t['score']:.4f}" for t in r["top"])] for r in results],
                title=f"{model} v{served_version}")
     for message in failures:
-        _console(stderr=True).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+        _console(stderr=True).print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
     if failures:
         sys.exit(EXIT_PARTIAL if results else EXIT_FAILED)
 
@@ -179,12 +220,34 @@ def describe(state: State, name: str, version: str, as_json: bool) -> None:
         ["why", info["reason"]],
         ["source", f"{manifest['source']['filename']} ({manifest['source']['format']}, sha256 {manifest['source']['sha256'][:12]}…)"],
         ["precision", manifest.get("precision", "")],
+        ["preprocessing", _preprocess_line(manifest)],
+        ["labels", _labels_line(manifest.get("labels"))],
         ["inputs", "; ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in manifest["inputs"])],
         ["outputs", "; ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in manifest["outputs"])],
         ["parity", _parity_line(parity, manifest.get("conversion_error"))],
         ["timings", ", ".join(f"{k} {v}s" for k, v in manifest.get("timings", {}).items())],
     ]
     _table(["", name], rows)
+
+
+def _shown_path(path: str) -> str:
+    """Paths relative to the working directory when that is shorter (tables are narrow)."""
+    relative = os.path.relpath(path) if not path.endswith("]") else path
+    return relative if len(relative) < len(path) else path
+
+
+def _preprocess_line(manifest: dict[str, Any]) -> str:
+    steps = manifest.get("preprocess") or {}
+    crop = ", center crop" if steps.get("center_crop") else ""
+    source = f" ({steps['source']})" if steps.get("source") else ""
+    return f"{steps.get('mode', 'none')}, {steps.get('resize', 'bilinear')} resize{crop}{source}"
+
+
+def _labels_line(labels: list[str] | None) -> str:
+    if not labels:
+        return "none"
+    shown = ", ".join(labels[:5])
+    return f"{len(labels)}: {shown}{', …' if len(labels) > 5 else ''}"
 
 
 def _parity_line(parity: dict[str, Any] | None, conversion_error: str | None = None) -> str:
@@ -198,11 +261,35 @@ def _parity_line(parity: dict[str, Any] | None, conversion_error: str | None = N
 
 @cli.command()
 @click.argument("target", metavar="NAME[:VERSION]")
+@preprocessing_options
+@click.option("--clear-labels", is_flag=True, help="remove the model's labels")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def delete(state: State, target: str) -> None:
+def configure(state: State, target: str, preprocess: str | None, resize: str, center_crop: bool, labels: Path | None,
+              clear_labels: bool, as_json: bool) -> None:
+    """Change a stored model's preprocessing or labels, without a new upload."""
+    name, _, version = target.partition(":")
+    info = state.client.configure(name, version, preprocess=preprocess, resize=resize, center_crop=center_crop,
+                                  labels=labels, clear_labels=clear_labels)
+    if as_json:
+        print_json(info)
+        return
+    manifest = info["manifest"]
+    _console().print(f"{name} version {info['version']}: preprocessing {_preprocess_line(manifest)}; "
+                     f"{len(manifest.get('labels') or [])} labels")
+
+
+@cli.command()
+@click.argument("target", metavar="NAME[:VERSION]")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def delete(state: State, target: str, as_json: bool) -> None:
     """Delete a model (every version) or one version."""
     name, _, version = target.partition(":")
     removed = state.client.delete(name, version)
+    if as_json:
+        print_json({"name": name, "deleted_versions": removed})
+        return
     _console().print(f"deleted {name} version{'s' if len(removed) > 1 else ''} {', '.join(removed)}")
 
 

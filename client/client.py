@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator, Mapping
 import grpc
 import numpy as np
 
+from kvserve.client import classes
+from kvserve.client.classes import TopClass
 from kvserve.proto import grpc_service_pb2 as pb
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import kvserve_service_pb2 as kv
@@ -102,9 +104,7 @@ class Client:
         return [{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in index.models]
 
     def describe(self, model: str, version: str = "") -> dict[str, Any]:
-        reply = self.kvserve.Describe(kv.DescribeRequest(name=model, version=version), timeout=self.timeout)
-        return {"name": reply.name, "version": reply.version, "state": reply.state, "reason": reply.reason,
-                "device": reply.device, "versions": list(reply.versions), "manifest": json.loads(reply.manifest_json or "{}")}
+        return _described(self.kvserve.Describe(kv.DescribeRequest(name=model, version=version), timeout=self.timeout))
 
     def devices(self) -> list[dict[str, Any]]:
         reply = self.kvserve.Devices(kv.DevicesRequest(), timeout=self.timeout)
@@ -119,24 +119,43 @@ class Client:
     def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, version: str = "",
               outputs: list[str] | None = None, request_id: str = "") -> dict[str, np.ndarray]:
         """Run the model; ``inputs`` is a dict by input name, or one array for a single-input model."""
-        if not isinstance(inputs, Mapping):
-            meta = self._metadata.get((model, version)) or self.metadata(model, version)
-            if len(meta["inputs"]) != 1:
-                names = ", ".join(i["name"] for i in meta["inputs"])
-                raise ValueError(f"model '{model}' has {len(meta['inputs'])} inputs ({names}); pass a dict by input name")
-            inputs = {meta["inputs"][0]["name"]: inputs}
-        request = build_infer_request(model, inputs, version=version, outputs=outputs or (), request_id=request_id)
-        response = self.inference.ModelInfer(request, timeout=self.timeout)
-        return decode_response_outputs(response)
+        request = build_infer_request(model, self._named(model, version, inputs), version=version, outputs=outputs or (),
+                                      request_id=request_id)
+        return decode_response_outputs(self.inference.ModelInfer(request, timeout=self.timeout))
+
+    def classify(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, k: int = 5, version: str = "",
+                 output: str = "") -> list[list[TopClass]]:
+        """Top-k classes per batch row, computed on the server (with the model's labels, if it has them).
+
+        ``inputs`` may be image bytes (a BYTES array of encoded images): kvd then decodes and preprocesses
+        them per the model's manifest.
+        """
+        request = build_infer_request(model, self._named(model, version, inputs), version=version,
+                                      classification={output: k} if output else None, top_k=0 if output else k)
+        outputs = decode_response_outputs(self.inference.ModelInfer(request, timeout=self.timeout))
+        return classes.decode(outputs[output] if output else next(iter(outputs.values())))
+
+    def _named(self, model: str, version: str, inputs: Mapping[str, np.ndarray] | np.ndarray) -> Mapping[str, np.ndarray]:
+        """A single array is fed to the model's only input."""
+        if isinstance(inputs, Mapping):
+            return inputs
+        meta = self._metadata.get((model, version)) or self.metadata(model, version)
+        if len(meta["inputs"]) != 1:
+            names = ", ".join(i["name"] for i in meta["inputs"])
+            raise ValueError(f"model '{model}' has {len(meta['inputs'])} inputs ({names}); pass a dict by input name")
+        return {meta["inputs"][0]["name"]: inputs}
 
     # --- repository ---------------------------------------------------------------------------------
     def upload(self, path: str | os.PathLike[str], name: str | None = None, precision: str = "", devices: list[str] | None = None,
                force: bool = False, progress: Callable[[UploadProgress], None] | None = None, timeout: float | None = None,
-               samples: str | os.PathLike[str] | None = None, tolerance: float = 0.0) -> dict[str, Any]:
+               samples: str | os.PathLike[str] | None = None, tolerance: float = 0.0, preprocess: str | None = None,
+               resize: str = "bilinear", center_crop: bool = False, labels: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip or .tar.gz); returns the manifest.
 
         ``samples`` (a .npy batch or a folder of images) replaces the seeded inputs of the parity check;
-        ``tolerance`` overrides its max relative difference.
+        ``tolerance`` overrides its max relative difference. ``preprocess`` (none, unit, inception, caffe, torch)
+        says how images become the model's input (default: suggested from a Keras application architecture);
+        ``labels`` is a text file (one per line) or JSON.
         """
         path = Path(path)
         if path.is_dir():
@@ -146,7 +165,8 @@ class Client:
             payload, filename, size = None, path.name, path.stat().st_size
         model_name = name or path.name.split(".")[0]
         header = kv.UploadHeader(name=model_name, filename=filename, size=size, precision=precision, devices=devices or [],
-                                 options={"force": "1"} if force else {}, parity_tolerance=tolerance, **_samples(samples))
+                                 options={"force": "1"} if force else {}, parity_tolerance=tolerance, **_samples(samples),
+                                 **_model_settings(preprocess, resize, center_crop, labels))
 
         def requests() -> Iterator[kv.UploadRequest]:
             yield kv.UploadRequest(header=header)
@@ -167,6 +187,13 @@ class Client:
                 manifest = json.loads(event.manifest_json)
         return manifest
 
+    def configure(self, model: str, version: str = "", preprocess: str | None = None, resize: str = "bilinear",
+                  center_crop: bool = False, labels: str | os.PathLike[str] | None = None, clear_labels: bool = False) -> dict[str, Any]:
+        """Change a stored model's preprocessing or labels without a new upload; returns ``describe``'s answer."""
+        request = kv.ConfigureRequest(name=model, version=version, clear_labels=clear_labels,
+                                      **_model_settings(preprocess, resize, center_crop, labels))
+        return _described(self.kvserve.Configure(request, timeout=self.timeout))
+
     def delete(self, model: str, version: str = "") -> list[str]:
         return list(self.kvserve.Delete(kv.DeleteRequest(name=model, version=version), timeout=self.timeout).versions)
 
@@ -180,6 +207,20 @@ class Client:
 
     def unload(self, model: str) -> None:
         self.inference.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=model), timeout=self.timeout)
+
+
+def _described(reply: kv.DescribeResponse) -> dict[str, Any]:
+    return {"name": reply.name, "version": reply.version, "state": reply.state, "reason": reply.reason,
+            "device": reply.device, "versions": list(reply.versions), "manifest": json.loads(reply.manifest_json or "{}")}
+
+
+def _model_settings(preprocess: str | None, resize: str, center_crop: bool, labels: str | os.PathLike[str] | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if preprocess is not None:
+        fields["preprocessing"] = kv.Preprocessing(mode=preprocess, resize=resize, center_crop=center_crop)
+    if labels is not None:
+        fields["labels"], fields["labels_filename"] = Path(labels).read_bytes(), Path(labels).name
+    return fields
 
 
 def _samples(samples: str | os.PathLike[str] | None) -> dict[str, Any]:

@@ -1,19 +1,23 @@
-"""Turn the files a user names into model inputs: ``.npy`` tensors as they are, images decoded and resized.
+"""Turn what a user names on the command line into model inputs: ``.npy`` tensors as they are, images
+decoded and preprocessed per the model's manifest; folders and glob patterns expand to their files.
 
-Pillow only: the client never imports TensorFlow or OpenVINO.
+Pillow and numpy only: the client never imports TensorFlow or OpenVINO.
 """
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
+from kvserve.client.preprocessing import ImageError, Preprocess, image_shape, to_input
 from kvserve.proto.tensors import DATATYPES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+INPUT_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
 
 
 class InputError(ValueError):
@@ -29,29 +33,38 @@ class NamedBatch:
     labels: list[str]
 
 
-def load_image(path: Path, height: int, width: int, channels: int) -> np.ndarray:
-    """Decode (EXIF orientation honoured), convert to grayscale/RGB, resize bilinear; float32 HWC 0-255."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def expand(arguments: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """Files named directly, inside folders (sorted, inputs only) or matched by glob patterns.
 
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image = image.convert("L" if channels == 1 else "RGB")
-            if height > 0 and width > 0 and image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise InputError(f"{path}: not a readable image ({error})") from None
-    return array[..., None] if array.ndim == 2 else array
+    Returns (files, problems): an argument that matches nothing is a problem, reported per argument.
+    """
+    files: list[Path] = []
+    problems: list[str] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+            files += found
+            if not found:
+                problems.append(f"{argument}: folder holds no images or .npy files")
+        elif any(ch in argument for ch in "*?["):
+            found = sorted(Path(p) for p in glob.glob(argument) if Path(p).is_file())
+            files += found
+            if not found:
+                problems.append(f"{argument}: pattern matches no files")
+        else:
+            files.append(path)
+    return files, problems
 
 
-def load_input(path: Path, spec: dict[str, Any]) -> NamedBatch:
+def load_input(path: Path, spec: dict[str, Any], preprocess: Preprocess | None = None) -> NamedBatch:
     """One file as a batch for the model input ``spec`` (name, datatype, shape with -1 for the batch)."""
     shape = list(spec["shape"])
     dtype = DATATYPES[spec["datatype"]]
-    if not path.exists():
+    if not path.is_file():
         raise InputError(f"{path}: no such file")
-    if path.suffix.lower() == ".npy":
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as error:
@@ -61,23 +74,14 @@ def load_input(path: Path, spec: dict[str, Any]) -> NamedBatch:
         if array.ndim != len(shape):
             raise InputError(f"{path}: array of shape {list(array.shape)} does not fit input '{spec['name']}' of shape {shape}")
         array = array.astype(dtype, copy=False)
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
-        if len(shape) != 4 or shape[-1] not in (1, 3):
+    elif suffix in IMAGE_SUFFIXES:
+        if image_shape(shape) is None:
             raise InputError(f"{path}: model input '{spec['name']}' {shape} is not an NHWC image with 1 or 3 channels; send a .npy")
-        array = load_image(path, shape[1], shape[2], shape[3])[None, ...].astype(dtype, copy=False)
+        try:
+            array = to_input(path, shape, preprocess or Preprocess())[None, ...].astype(dtype, copy=False)
+        except ImageError as error:
+            raise InputError(f"{path}: {error}") from None
     else:
         raise InputError(f"{path}: unknown input type; give a .npy tensor or an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
     labels = [str(path)] if array.shape[0] == 1 else [f"{path}[{i}]" for i in range(array.shape[0])]
     return NamedBatch(str(path), array, labels)
-
-
-def top_k(scores: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-    """Per batch row, the k best (index, score) pairs, best first."""
-    flat = scores.reshape(scores.shape[0], -1) if scores.ndim > 1 else scores.reshape(1, -1)
-    k = max(1, min(k, flat.shape[1]))
-    rows = []
-    for row in flat:
-        best = np.argpartition(-row, k - 1)[:k]
-        best = best[np.argsort(-row[best], kind="stable")]
-        rows.append([(int(i), float(row[i])) for i in best])
-    return rows

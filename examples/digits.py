@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
 
 def load_data(test_fraction: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test); x is float32 NHWC in [0, 1]."""

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UploadHeader(_message.Message):
-    __slots__ = ("name", "filename", "size", "precision", "devices", "sha256", "options", "samples_npy", "sample_images", "parity_tolerance")
+    __slots__ = ("name", "filename", "size", "precision", "devices", "sha256", "options", "samples_npy", "sample_images", "parity_tolerance", "preprocessing", "labels", "labels_filename")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,9 @@ class UploadHeader(_message.Message):
     SAMPLES_NPY_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IMAGES_FIELD_NUMBER: _ClassVar[int]
     PARITY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FILENAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     filename: str
     size: int
@@ -36,7 +39,36 @@ class UploadHeader(_message.Message):
     samples_npy: bytes
     sample_images: _containers.RepeatedScalarFieldContainer[bytes]
     parity_tolerance: float
-    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., size: _Optional[int] = ..., precision: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., samples_npy: _Optional[bytes] = ..., sample_images: _Optional[_Iterable[bytes]] = ..., parity_tolerance: _Optional[float] = ...) -> None: ...
+    preprocessing: Preprocessing
+    labels: bytes
+    labels_filename: str
+    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., size: _Optional[int] = ..., precision: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., samples_npy: _Optional[bytes] = ..., sample_images: _Optional[_Iterable[bytes]] = ..., parity_tolerance: _Optional[float] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., labels: _Optional[bytes] = ..., labels_filename: _Optional[str] = ...) -> None: ...
+
+class Preprocessing(_message.Message):
+    __slots__ = ("mode", "resize", "center_crop")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    CENTER_CROP_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    resize: str
+    center_crop: bool
+    def __init__(self, mode: _Optional[str] = ..., resize: _Optional[str] = ..., center_crop: _Optional[bool] = ...) -> None: ...
+
+class ConfigureRequest(_message.Message):
+    __slots__ = ("name", "version", "preprocessing", "labels", "labels_filename", "clear_labels")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_LABELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    preprocessing: Preprocessing
+    labels: bytes
+    labels_filename: str
+    clear_labels: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., labels: _Optional[bytes] = ..., labels_filename: _Optional[str] = ..., clear_labels: _Optional[bool] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("header", "chunk")

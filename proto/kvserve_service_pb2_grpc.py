@@ -49,6 +49,11 @@ class KvServeStub:
                 request_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.DescribeResponse.FromString,
                 _registered_method=True)
+        self.Configure = channel.unary_unary(
+                '/kvserve.v1.KvServe/Configure',
+                request_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.ConfigureRequest.SerializeToString,
+                response_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.DescribeResponse.FromString,
+                _registered_method=True)
         self.Devices = channel.unary_unary(
                 '/kvserve.v1.KvServe/Devices',
                 request_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.DevicesRequest.SerializeToString,
@@ -82,6 +87,12 @@ class KvServeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Configure(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Devices(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -110,6 +121,11 @@ def add_KvServeServicer_to_server(servicer, server):
             'Describe': grpc.unary_unary_rpc_method_handler(
                     servicer.Describe,
                     request_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.DescribeRequest.FromString,
+                    response_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.DescribeResponse.SerializeToString,
+            ),
+            'Configure': grpc.unary_unary_rpc_method_handler(
+                    servicer.Configure,
+                    request_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.ConfigureRequest.FromString,
                     response_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.DescribeResponse.SerializeToString,
             ),
             'Devices': grpc.unary_unary_rpc_method_handler(
@@ -203,6 +219,33 @@ class KvServe:
             target,
             '/kvserve.v1.KvServe/Describe',
             kvserve_dot_proto_dot_kvserve__service__pb2.DescribeRequest.SerializeToString,
+            kvserve_dot_proto_dot_kvserve__service__pb2.DescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Configure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvserve.v1.KvServe/Configure',
+            kvserve_dot_proto_dot_kvserve__service__pb2.ConfigureRequest.SerializeToString,
             kvserve_dot_proto_dot_kvserve__service__pb2.DescribeResponse.FromString,
             options,
             channel_credentials,

@@ -207,9 +207,17 @@ def build_infer_request(
     version: str = "",
     outputs: Iterable[str] = (),
     request_id: str = "",
+    classification: Mapping[str, int] | None = None,
+    top_k: int = 0,
 ) -> pb.ModelInferRequest:
-    """A ModelInferRequest carrying every input as raw little-endian bytes (the cheapest form to send)."""
+    """A ModelInferRequest carrying every input as raw little-endian bytes (the cheapest form to send).
+
+    ``classification`` asks for top-k classes of named outputs (Triton's extension); ``top_k`` for the
+    first output (or every named output).
+    """
     request = pb.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    if top_k:
+        request.parameters["top_k"].int64_param = int(top_k)
     for name, array in inputs.items():
         array = np.asarray(array)
         datatype = datatype_of(array)
@@ -220,4 +228,7 @@ def build_infer_request(
             request.raw_input_contents.append(np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes())
     for name in outputs:
         request.outputs.add(name=name)
+    for name, k in (classification or {}).items():
+        output = next((o for o in request.outputs if o.name == name), None) or request.outputs.add(name=name)
+        output.parameters["classification"].int64_param = int(k)
     return request

@@ -61,7 +61,9 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     _emit(channel, {"stage": "converting", "message": f"{converter.name}: reading the {fmt} model"})
     started = time.perf_counter()
     model = converter.load(Path(job["source"]), fmt, options)
-    signature = {"inputs": [s.to_dict() for s in model.inputs], "outputs": [s.to_dict() for s in model.outputs]}
+    preprocess = _preprocess(job.get("preprocess"), model.details.get("model_name", ""), model.inputs)
+    signature = {"inputs": [s.to_dict() for s in model.inputs], "outputs": [s.to_dict() for s in model.outputs],
+                 "preprocess": preprocess}
     _emit(channel, {"stage": "converting", "message": f"{converter.name}: {fmt} -> OpenVINO IR ({options.precision})"})
     try:
         xml = converter.convert(model, Path(job["out_dir"]), options)
@@ -79,7 +81,7 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     feeds, feeds_source = None, ""
     if job.get("samples_npy") or job.get("sample_images"):
         try:
-            feeds, feeds_source = sample_feeds(model.inputs, job.get("samples_npy"), job.get("sample_images"))
+            feeds, feeds_source = sample_feeds(model.inputs, job.get("samples_npy"), job.get("sample_images"), preprocess)
         except (ValueError, OSError) as error:
             raise ModelRejected(f"the parity samples cannot be used: {error}") from None
     try:
@@ -98,6 +100,18 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
         "parity": report,
         "timings": {"convert_s": round(convert_s, 3), "verify_s": round(verify_s, 3)},
     }
+
+
+def _preprocess(requested: dict[str, Any] | None, model_name: str, inputs: list[Any]) -> dict[str, Any]:
+    """The user's choice, else the Keras preprocessing of a recognised application architecture, else none."""
+    from kvserve.client.preprocessing import Preprocess, image_shape, suggested_mode
+
+    if requested is not None:
+        return {**requested, "source": "user"}
+    mode = suggested_mode(model_name) if len(inputs) == 1 and image_shape(inputs[0].shape) else None
+    if mode:
+        return {**Preprocess(mode).to_dict(), "source": f"suggested for Keras {model_name}"}
+    return {**Preprocess().to_dict(), "source": "default"}
 
 
 def _framework_versions() -> dict[str, str]:

@@ -88,7 +88,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
         inputs = decode_request_inputs(request)
         requested = [output.name for output in request.outputs]
-        model, outputs = self.dataplane.infer(request.model_name, request.model_version, inputs, requested)
+        model, outputs = self.dataplane.infer(request.model_name, request.model_version, inputs, requested,
+                                              _classification(request))
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
         encode_response_outputs(response, outputs)
         return response
@@ -119,7 +120,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
-def _config_type(datatype: str) -> str:
+def _int_parameter(parameter: pb.InferParameter, what: str) -> int:
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise InvalidArgument(f"{what} must be an integer parameter (int64_param)")
+    return int(getattr(parameter, kind))
+
+
+def _classification(request: pb.ModelInferRequest) -> dict[str, int]:
+    """Top-k requests: Triton's per-output ``classification`` parameter, or the request-level ``top_k``
+    (which applies to every requested output, or to the first output when none is named)."""
+    counts = {o.name: _int_parameter(o.parameters["classification"], f"output '{o.name}' classification")
+              for o in request.outputs if "classification" in o.parameters}
+    if "top_k" in request.parameters:
+        k = _int_parameter(request.parameters["top_k"], "top_k")
+        names = [o.name for o in request.outputs] or [""]
+        counts.update({name: counts.get(name, k) for name in names})
+    return counts
     return "STRING" if datatype == "BYTES" else datatype
 
 

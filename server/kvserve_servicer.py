@@ -14,7 +14,12 @@ from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
 from kvserve.server.errors import InvalidArgument, NotFound
 from kvserve.server.models import ModelManager
 from kvserve.server.repository import parse_version
-from kvserve.server.uploads import UploadPipeline, UploadSpec
+from kvserve.server.labels import check_count, parse_labels
+from kvserve.server.uploads import UploadPipeline, UploadSpec, checked_preprocess
+
+
+def _preprocessing(message: kv.Preprocessing) -> dict[str, Any]:
+    return {"mode": message.mode or "none", "resize": message.resize or "bilinear", "center_crop": message.center_crop}
 
 
 def _chunks(requests: Iterator[kv.UploadRequest], context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -39,7 +44,9 @@ class KvServeServicer(kv_grpc.KvServeServicer):
                           precision=header.precision.lower(), devices=list(header.devices), sha256=header.sha256,
                           force=header.options.get("force", "").lower() in {"1", "true", "yes"},
                           samples_npy=header.samples_npy, sample_images=list(header.sample_images),
-                          parity_tolerance=header.parity_tolerance)
+                          parity_tolerance=header.parity_tolerance,
+                          preprocess=_preprocessing(header.preprocessing) if header.HasField("preprocessing") else None,
+                          labels=header.labels, labels_filename=header.labels_filename or "labels")
         for event in self.uploads.run(spec, _chunks(request_iterator, context)):
             manifest: dict[str, Any] | None = event.get("manifest")
             yield kv.UploadEvent(
@@ -59,17 +66,40 @@ class KvServeServicer(kv_grpc.KvServeServicer):
         return kv.DeleteResponse(versions=[str(v) for v in removed])
 
     def Describe(self, request: kv.DescribeRequest, context: grpc.ServicerContext) -> kv.DescribeResponse:
-        repository = self.manager.repository
-        versions = repository.versions(request.name)
+        name, number = self._version(request.name, request.version)
+        return self._describe(name, number, self.manager.repository.read_manifest(name, number))
+
+    def Configure(self, request: kv.ConfigureRequest, context: grpc.ServicerContext) -> kv.DescribeResponse:
+        name, number = self._version(request.name, request.version)
+        manifest = self.manager.repository.read_manifest(name, number)
+        changes: dict[str, Any] = {}
+        if request.HasField("preprocessing"):
+            changes["preprocess"] = {**checked_preprocess(_preprocessing(request.preprocessing)), "source": "user"}
+        if request.clear_labels:
+            changes["labels"] = None
+        elif request.labels:
+            changes["labels"] = parse_labels(request.labels, request.labels_filename or "labels")
+            check_count(changes["labels"], manifest["outputs"])
+        if not changes:
+            raise InvalidArgument("nothing to change: give preprocessing, labels or clear_labels")
+        manifest = self.manager.repository.update_manifest(name, number, changes)
+        self.manager.refresh_manifest(name, number, manifest)
+        return self._describe(name, number, manifest)
+
+    def _version(self, name: str, version: str) -> tuple[str, int]:
+        versions = self.manager.repository.versions(name)
         if not versions:
-            raise NotFound(self.manager.not_found_message(request.name))
-        number = parse_version(request.version) if request.version else versions[-1]
-        manifest = repository.read_manifest(request.name, number)
-        entry = next((e for e in self.manager.entries() if e.name == request.name and e.version == number), None)
+            raise NotFound(self.manager.not_found_message(name))
+        number = parse_version(version) if version else versions[-1]
+        self.manager.repository.version_dir(name, number)  # NotFound naming the versions
+        return name, number
+
+    def _describe(self, name: str, number: int, manifest: dict[str, Any]) -> kv.DescribeResponse:
+        entry = next((e for e in self.manager.entries() if e.name == name and e.version == number), None)
         return kv.DescribeResponse(
-            name=request.name, version=str(number), state=entry.state if entry else "UNAVAILABLE",
+            name=name, version=str(number), state=entry.state if entry else "UNAVAILABLE",
             reason=entry.reason if entry else "", device=entry.backend if entry else "",
-            manifest_json=json.dumps(manifest), versions=[str(v) for v in versions],
+            manifest_json=json.dumps(manifest), versions=[str(v) for v in self.manager.repository.versions(name)],
         )
 
     def Devices(self, request: kv.DevicesRequest, context: grpc.ServicerContext) -> kv.DevicesResponse:

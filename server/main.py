@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening (for scripts and tests)")
     parser.add_argument("--max-message-mb", type=int, default=DEFAULT_MAX_MESSAGE_BYTES // (1024 * 1024), help="largest gRPC message accepted or sent, in MiB")
     parser.add_argument("--max-upload-mb", type=int, default=4096, help="largest model upload, in MiB")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="largest batch one infer request may carry (ModelConfig max_batch_size)")
+    parser.add_argument("--max-batch-size", type=int, default=1024, help="largest batch one infer request may carry (ModelConfig max_batch_size)")
     parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
     parser.add_argument("--devices", default="CPU,TF", help="default device preference for uploads")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="default IR precision for uploads")

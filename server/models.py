@@ -163,6 +163,13 @@ class ModelManager:
         for entry in released:
             self._close(entry)
 
+    def refresh_manifest(self, name: str, version: int, manifest: dict[str, Any]) -> None:
+        """A stored manifest changed (preprocessing, labels): serve with the new one, no reload needed."""
+        with self._lock:
+            entry = self._models.get(name, {}).get(version)
+            if entry is not None:
+                entry.manifest = manifest
+
     def close(self) -> None:
         with self._lock:
             entries = [e for versions in self._models.values() for e in versions.values()]

@@ -92,9 +92,10 @@ def parity_report(
     return report
 
 
-def sample_feeds(inputs: list[TensorSpec], npy_path: str | None = None, image_paths: list[str] | None = None
-                 ) -> tuple[dict[str, np.ndarray], str]:
-    """User-given parity inputs for a single-input model: a .npy batch, or images decoded to its input size."""
+def sample_feeds(inputs: list[TensorSpec], npy_path: str | None = None, image_paths: list[str] | None = None,
+                 preprocess: Mapping[str, Any] | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """User-given parity inputs for a single-input model: a .npy batch (used as is), or images decoded to its
+    input size and preprocessed as the manifest says."""
     if len(inputs) != 1:
         raise ValueError(f"sample inputs need a single-input model; this one has {len(inputs)} inputs")
     spec = inputs[0]
@@ -106,9 +107,8 @@ def sample_feeds(inputs: list[TensorSpec], npy_path: str | None = None, image_pa
         if array.ndim != len(spec.shape) or any(d >= 0 and d != a for d, a in zip(spec.shape, array.shape)):
             raise ValueError(f"sample array of shape {list(array.shape)} does not fit input '{spec.name}' {list(spec.shape)}")
         return {spec.name: array.astype(dtype)}, f"user samples (.npy, {array.shape[0]})"
-    from kvserve.client.inputs import load_image  # Pillow only
+    from kvserve.client.preprocessing import Preprocess, to_input  # Pillow and numpy only
 
-    if len(spec.shape) != 4 or spec.shape[-1] not in (1, 3):
-        raise ValueError(f"sample images need an NHWC image input; '{spec.name}' is {list(spec.shape)}")
-    images = [load_image(Path(p), spec.shape[1], spec.shape[2], spec.shape[3]) for p in image_paths or []]
+    steps = Preprocess.from_dict(preprocess)
+    images = [to_input(Path(p), spec.shape, steps) for p in image_paths or []]
     return {spec.name: np.stack(images).astype(dtype)}, f"user samples ({len(images)} images)"

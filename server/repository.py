@@ -143,6 +143,16 @@ class Repository:
             _fsync_dir(model_dir)
         return version
 
+    def update_manifest(self, name: str, version: int, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change fields of a stored manifest in place, durably (temp file, fsync, rename)."""
+        with self._lock:
+            path = self.version_dir(name, version) / MANIFEST
+            manifest = json.loads(path.read_text())
+            manifest.update(changes)
+            write_json(path, manifest)
+            _fsync_dir(path.parent)
+        return manifest
+
     def delete(self, name: str, version: int | None = None) -> list[int]:
         """Remove one version, or every version; returns the versions removed."""
         with self._lock:  # check and rename under one lock: two deletes of one version cannot both pass

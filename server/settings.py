@@ -36,7 +36,7 @@ class Settings:
     allow_unsafe_deserialization: bool = False
     conversion_timeout_s: float = 900.0
     grace_seconds: float = 10.0
-    max_batch_size: int = 64
+    max_batch_size: int = 1024
     port_file: Path | None = None
 
     @property

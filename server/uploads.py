@@ -17,7 +17,9 @@ from typing import Any, Iterable, Iterator
 
 from kvserve.server import formats
 from kvserve.server.conversion import run_conversion
+from kvserve.client.preprocessing import Preprocess
 from kvserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from kvserve.server.labels import check_count, parse_labels
 from kvserve.server.models import READY, ModelManager, ModelVersion
 from kvserve.server.repository import Repository, validate_name
 from kvserve.server.settings import PRECISIONS, Settings
@@ -40,6 +42,17 @@ class UploadSpec:
     samples_npy: bytes = b""
     sample_images: list[bytes] = field(default_factory=list)
     parity_tolerance: float = 0.0
+    preprocess: dict[str, Any] | None = None
+    labels: bytes = b""
+    labels_filename: str = "labels"
+
+
+def checked_preprocess(data: dict[str, Any]) -> dict[str, Any]:
+    """A valid preprocessing dict, or InvalidArgument saying which modes and resize methods exist."""
+    try:
+        return Preprocess.from_dict(data).to_dict()
+    except ValueError as error:
+        raise InvalidArgument(str(error)) from None
 
 
 def _suffix(filename: str) -> str:
@@ -62,6 +75,10 @@ class UploadPipeline:
         unknown = [d for d in spec.devices if d not in self.manager.backends]
         if unknown:
             raise InvalidArgument(f"unknown device {', '.join(unknown)}; devices: {', '.join(self.manager.backends)}")
+        if spec.preprocess is not None:
+            spec.preprocess = checked_preprocess(spec.preprocess)
+        if spec.labels:
+            parse_labels(spec.labels, spec.labels_filename)  # fail before converting
         if spec.parity_tolerance < 0:
             raise InvalidArgument("parity tolerance must be positive (a max relative difference, e.g. 0.01)")
         if spec.size < 0 or spec.size > self.settings.max_upload_bytes:
@@ -85,7 +102,8 @@ class UploadPipeline:
                 model_source = formats.extract_savedmodel(source, staging / "savedmodel", self.settings.max_upload_bytes * 4)
             job = {"source": str(model_source), "format": fmt, "out_dir": str(staging), "precision": spec.precision,
                    "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": "TF" in spec.devices,
-                   "tolerance": spec.parity_tolerance or None, **self._stage_samples(spec, staging)}
+                   "tolerance": spec.parity_tolerance or None, "preprocess": spec.preprocess,
+                   **self._stage_samples(spec, staging)}
             result: dict[str, Any] = {}
             for event in run_conversion(job, staging, self.settings.conversion_timeout_s):
                 if "result" in event:
@@ -102,6 +120,9 @@ class UploadPipeline:
                     "--force to accept it"
                 )
             manifest = self._manifest(spec, fmt, source, digest, size, result, timings)
+            if spec.labels:
+                manifest["labels"] = parse_labels(spec.labels, spec.labels_filename)
+                check_count(manifest["labels"], manifest["outputs"])
             if model_source != source:
                 manifest["source"]["savedmodel_dir"] = model_source.relative_to(staging).as_posix()
             yield {"stage": "LOADING", "message": f"device preference {','.join(spec.devices)}"}
@@ -178,5 +199,7 @@ class UploadPipeline:
             "converter": result["converter"],
             "parity": result["parity"],
             "conversion_error": result.get("conversion_error"),
+            "preprocess": result["preprocess"],
+            "labels": None,
             "timings": {**timings, **result["timings"]},
         }

@@ -204,5 +204,5 @@ def test_unimplemented_rpcs_say_so(client):
 def test_empty_batch_and_oversized_batch(client):
     code, message = _status(lambda: client.infer("digits", np.zeros((0, 8, 8, 1), np.float32)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "is empty" in message
-    code, message = _status(lambda: client.infer("digits", np.zeros((65, 8, 8, 1), np.float32)))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "exceeds this server's max batch size 64" in message
+    code, message = _status(lambda: client.infer("digits", np.zeros((1025, 8, 8, 1), np.float32)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "exceeds this server's max batch size 1024" in message

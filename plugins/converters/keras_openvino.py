@@ -109,7 +109,8 @@ class KerasOpenVINOConverter:
             result = result if isinstance(result, (list, tuple)) else [result]
             return {spec.name: np.asarray(value) for spec, value in zip(outputs, result)}
 
-        return SourceModel(inputs, outputs, reference, model, {"kind": "keras", "keras_class": type(model).__name__, "layers": len(model.layers)})
+        return SourceModel(inputs, outputs, reference, model, {"kind": "keras", "keras_class": type(model).__name__, "model_name": model.name,
+                                                          "layers": len(model.layers)})
 
     # --- SavedModel ---------------------------------------------------------------------------------
     def _load_savedmodel(self, source: Path) -> SourceModel:
