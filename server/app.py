@@ -32,9 +32,11 @@ class Daemon:
     manager: ModelManager
     plugins: Plugins
     port: int
+    uploads: UploadPipeline
 
     def stop(self, grace: float | None = None) -> None:
         self.server.stop(self.settings.grace_seconds if grace is None else grace).wait()
+        self.uploads.launcher.close()
         self.manager.close()
 
 
@@ -54,11 +56,12 @@ def build(settings: Settings) -> Daemon:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvd-rpc"),
                          interceptors=[ErrorInterceptor()], options=options)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(manager, DataPlane(manager, settings.max_batch_size), settings), server)
-    kv_grpc.add_KvServeServicer_to_server(KvServeServicer(manager, UploadPipeline(repository, manager, settings), plugins), server)
+    uploads = UploadPipeline(repository, manager, settings)
+    kv_grpc.add_KvServeServicer_to_server(KvServeServicer(manager, uploads, plugins), server)
     port = server.add_insecure_port(settings.address)
     if port == 0:
         raise OSError(f"cannot listen on {settings.address}: address in use or not available")
-    return Daemon(settings, server, manager, plugins, port)
+    return Daemon(settings, server, manager, plugins, port, uploads)
 
 
 def start(daemon: Daemon) -> None:

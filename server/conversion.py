@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,20 +39,79 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float) -> Iterator[dict[str, Any]]:
+@dataclass
+class Child:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class ConverterLauncher:
+    """Starts converter children. Each child converts exactly one model and exits (a crash costs one upload).
+
+    With ``warm``, the next child is started ahead of time and imports TensorFlow, Keras and OpenVINO while it
+    waits for its job, so an upload does not wait the ~5 s those imports take.
+    """
+
+    def __init__(self, warm: bool = True) -> None:
+        self.warm = warm
+        self._idle: Child | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        if warm:
+            self._refill()
+
+    def take(self) -> Child:
+        with self._lock:
+            child, self._idle = self._idle, None
+        if child is None or child.process.poll() is not None:
+            child = self._spawn()
+        if self.warm:
+            threading.Thread(target=self._refill, name="kvd-converter-warmup", daemon=True).start()
+        return child
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            child, self._idle = self._idle, None
+        if child is not None:
+            _kill(child.process)
+            child.process.wait()
+            child.log_path.unlink(missing_ok=True)
+
+    def _refill(self) -> None:
+        with self._lock:
+            if self._closed or self._idle is not None:
+                return
+            self._idle = self._spawn()
+
+    def _spawn(self) -> Child:
+        # the log moves into the upload's staging directory once the child has a job
+        fd, name = tempfile.mkstemp(prefix="kvserve-converter-", suffix=".log")
+        with os.fdopen(fd, "wb") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "kvserve.server.convert_child"],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                stdin=subprocess.PIPE,
+                env=_child_env(),
+                start_new_session=True,
+            )
+        return Child(process, Path(name))
+
+
+def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float, launcher: ConverterLauncher) -> Iterator[dict[str, Any]]:
     """Yield the child's stage events; the last item yielded is its result dict (key ``result``)."""
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job))
+    taken = launcher.take()
+    child = taken.process
     log_path = workdir / "convert.log"
-    with open(log_path, "wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "kvserve.server.convert_child", str(job_path)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            env=_child_env(),
-            start_new_session=True,
-        )
+    try:
+        assert child.stdin is not None
+        child.stdin.write(f"{job_path}\n".encode())
+        child.stdin.close()
+    except BrokenPipeError:
+        pass  # it died while waiting; reported below like any early death
     timed_out = threading.Event()
 
     def on_timeout() -> None:
@@ -76,6 +138,8 @@ def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float) -> Iter
         timer.cancel()
         if child.poll() is None:  # the caller went away (client cancelled): do not leave the child running
             _kill(child)
+            child.wait()
+        shutil.move(taken.log_path, log_path)
     if timed_out.is_set():
         raise ResourceExhausted(f"conversion took longer than {timeout_s:.0f} s and was stopped; raise kvd --conversion-timeout for very large models")
     if final is None:

@@ -1,4 +1,4 @@
-"""The converter child process: ``python -m kvserve.server.convert_child JOB.json``.
+"""The converter child process: ``python -m kvserve.server.convert_child``, reading a job file's path on stdin.
 
 TensorFlow lives only here, so a converter crash, hang or OOM costs one upload, never the daemon. Protocol:
 one JSON object per line on the original stdout (library prints are sent to stderr): ``{"stage": ...}``
@@ -122,10 +122,25 @@ def _framework_versions() -> dict[str, str]:
     return versions
 
 
+def _preload() -> None:
+    """Import the heavy frameworks while waiting for the job (the daemon may start this child ahead of time)."""
+    import keras  # noqa: F401
+    import openvino  # noqa: F401
+    import tensorflow  # noqa: F401
+
+    from kvserve.plugins.manager import load_plugins
+
+    load_plugins()
+
+
 def main() -> int:
     channel = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything a library prints goes to the log, not into the protocol
-    job = json.loads(Path(sys.argv[1]).read_text())
+    _preload()
+    job_path = sys.stdin.readline().strip()
+    if not job_path:  # the daemon closed our stdin without a job: it is shutting down
+        return 0
+    job = json.loads(Path(job_path).read_text())
     try:
         _emit(channel, {"ok": True, "result": run(job, channel)})
     except UnsafeModel as error:

@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--devices", default="CPU,TF", help="default device preference for uploads")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="default IR precision for uploads")
     parser.add_argument("--conversion-timeout", type=float, default=900.0, help="seconds a conversion may take")
+    parser.add_argument("--no-warm-converter", dest="warm_converter", action="store_false",
+                        help="do not keep a converter process (TensorFlow imported, ~600 MB) ready for the next upload")
     parser.add_argument("--grace-seconds", type=float, default=10.0, help="how long in-flight calls may finish at shutdown")
     parser.add_argument("--allow-unsafe-deserialization", action="store_true",
                         help="allow Keras models whose loading runs Python code (Lambda layers); only for models you trust")
@@ -44,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         default_devices=tuple(d.strip().upper() for d in args.devices.split(",") if d.strip()),
         default_precision=args.precision,
         conversion_timeout_s=args.conversion_timeout,
+        warm_converter=args.warm_converter,
         grace_seconds=args.grace_seconds,
         allow_unsafe_deserialization=args.allow_unsafe_deserialization,
     ), args.log_level

@@ -35,6 +35,7 @@ class Settings:
     default_precision: str = DEFAULT_PRECISION
     allow_unsafe_deserialization: bool = False
     conversion_timeout_s: float = 900.0
+    warm_converter: bool = True
     grace_seconds: float = 10.0
     max_batch_size: int = 1024
     port_file: Path | None = None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from kvserve.server import formats
-from kvserve.server.conversion import run_conversion
+from kvserve.server.conversion import ConverterLauncher, run_conversion
 from kvserve.client.preprocessing import Preprocess
 from kvserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from kvserve.server.labels import check_count, parse_labels
@@ -65,6 +65,7 @@ class UploadPipeline:
         self.repository = repository
         self.manager = manager
         self.settings = settings
+        self.launcher = ConverterLauncher(warm=settings.warm_converter)
 
     def validate(self, spec: UploadSpec) -> UploadSpec:
         validate_name(spec.name)
@@ -105,7 +106,7 @@ class UploadPipeline:
                    "tolerance": spec.parity_tolerance or None, "preprocess": spec.preprocess,
                    **self._stage_samples(spec, staging)}
             result: dict[str, Any] = {}
-            for event in run_conversion(job, staging, self.settings.conversion_timeout_s):
+            for event in run_conversion(job, staging, self.settings.conversion_timeout_s, self.launcher):
                 if "result" in event:
                     result = event["result"]
                 else:
