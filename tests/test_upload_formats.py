@@ -7,6 +7,8 @@ fp32 IR (f32 execution) 1e-5; fp16-compressed weights 5e-3. Top-1 must match Ker
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +87,23 @@ def test_typed_contents_are_accepted(served_digits, digits):
         typed = decode_response_outputs(client.inference.ModelInfer(request))["probabilities"]
         raw = client.infer("digits32", x)["probabilities"]
     np.testing.assert_allclose(typed, raw, atol=1e-7)
+
+
+def _converter_children(pid: int) -> list[str]:
+    result = subprocess.run(["pgrep", "-P", str(pid), "-f", "kvserve.server.convert_child"], capture_output=True, text=True)
+    return result.stdout.split()
+
+
+def test_a_converter_waits_warm_unless_disabled(kvd_factory, digits, tmp_path):
+    warm = kvd_factory(tmp_path / "warm")
+    cold = kvd_factory(tmp_path / "cold", "--no-warm-converter")
+    deadline = time.monotonic() + 30
+    while not _converter_children(warm.process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_converter_children(warm.process.pid)) == 1
+    assert _converter_children(cold.process.pid) == []
+    with cold.client() as client:
+        assert client.upload(digits.paths["h5"], name="cold")["parity"]["passed"]
+    assert _converter_children(cold.process.pid) == []
+    assert warm.stop() == 0
+    assert _converter_children(warm.process.pid) == []
