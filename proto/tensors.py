@@ -175,15 +175,20 @@ def decode_request_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray
     return arrays
 
 
+def to_raw(array: np.ndarray) -> tuple[str, bytes]:
+    """(v2 datatype, raw little-endian bytes) of an array: one copy, numpy -> bytes."""
+    datatype = datatype_of(array)
+    if datatype == "BYTES":
+        return datatype, serialize_bytes(array)
+    return datatype, np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes()
+
+
 def encode_response_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray]) -> None:
-    """Append outputs to a response as raw contents (one copy: numpy -> bytes)."""
+    """Append outputs to a response as raw contents."""
     for name, array in outputs.items():
-        datatype = datatype_of(array)
+        datatype, raw = to_raw(array)
         response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        if datatype == "BYTES":
-            response.raw_output_contents.append(serialize_bytes(array))
-        else:
-            response.raw_output_contents.append(np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes())
+        response.raw_output_contents.append(raw)
 
 
 def decode_response_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
@@ -220,12 +225,9 @@ def build_infer_request(
         request.parameters["top_k"].int64_param = int(top_k)
     for name, array in inputs.items():
         array = np.asarray(array)
-        datatype = datatype_of(array)
+        datatype, raw = to_raw(array)
         request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        if datatype == "BYTES":
-            request.raw_input_contents.append(serialize_bytes(array))
-        else:
-            request.raw_input_contents.append(np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes())
+        request.raw_input_contents.append(raw)
     for name in outputs:
         request.outputs.add(name=name)
     for name, k in (classification or {}).items():

@@ -137,6 +137,9 @@ def _classification(request: pb.ModelInferRequest) -> dict[str, int]:
         names = [o.name for o in request.outputs] or [""]
         counts.update({name: counts.get(name, k) for name in names})
     return counts
+
+
+def _config_type(datatype: str) -> str:
     return "STRING" if datatype == "BYTES" else datatype
 
 

@@ -40,6 +40,7 @@ class ModelVersion:
     runner: Runner | None = None
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
+    unloaded: bool = False  # by RepositoryModelUnload: stays down until loaded explicitly
 
     @classmethod
     def from_manifest(cls, name: str, version: int, manifest: dict[str, Any]) -> "ModelVersion":
@@ -147,7 +148,7 @@ class ModelManager:
             released = [versions.pop(n) for n in numbers if n in versions]
             for entry in released:
                 unloaded = ModelVersion(entry.name, entry.version, entry.manifest, UNAVAILABLE, "unloaded; load it with RepositoryModelLoad",
-                                        inputs=entry.inputs, outputs=entry.outputs)
+                                        inputs=entry.inputs, outputs=entry.outputs, unloaded=True)
                 versions[entry.version] = unloaded
         for entry in released:
             self._close(entry)
@@ -197,7 +198,7 @@ class ModelManager:
             return entry
         if number not in self.repository.versions(name):
             raise NotFound(f"model '{name}' has no version {number}; versions: {', '.join(map(str, self.repository.versions(name)))}")
-        if entry is not None and "unloaded" in entry.reason:
+        if entry is not None and entry.unloaded:
             raise Unavailable(f"model '{name}' version {number} is {entry.reason}")
         try:
             return self.load(name, number)

@@ -149,3 +149,18 @@ def test_converter_crash_fails_only_that_upload(kvd_factory, digits):
         assert "converter process died (signal 11)" in error.details() and "kvd keeps serving" in error.details()
         assert client.live() and client.ready()
     assert not any((kvd.repository / ".staging").iterdir())
+
+
+def test_unload_then_load_again(served_digits, digits):
+    with served_digits.client() as client:
+        client.upload(digits.paths["h5"], name="toggle")
+        client.unload("toggle")
+        assert not client.model_ready("toggle")
+        error = _rpc_error(lambda: client.infer("toggle", digits.x_test[:1]))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE and "load it with RepositoryModelLoad" in error.details()
+        assert {(m["name"], m["state"]) for m in client.list_models() if m["name"] == "toggle"} == {("toggle", "UNAVAILABLE")}
+        client.load("toggle")
+        assert client.model_ready("toggle")
+        assert client.infer("toggle", digits.x_test[:1])["probabilities"].shape == (1, 10)
+        error = _rpc_error(lambda: client.unload("no-such-model"))
+        assert error.code() == grpc.StatusCode.NOT_FOUND

@@ -109,6 +109,8 @@ def test_kvctl_upload_and_describe(uploaded, inception, inception_kvd: Kvd):
     assert manifest["inputs"][0]["name"] == model.layers[0].name
     assert manifest["outputs"][0]["name"] == model.layers[-1].name == "predictions"
     assert manifest["precision"] == "fp16"
+    # the Keras application is recognised and its preprocessing suggested
+    assert manifest["preprocess"]["mode"] == "inception" and "suggested" in manifest["preprocess"]["source"]
     parity = manifest["parity"]
     assert parity["passed"] is True, parity
     assert parity["max_rel_diff"] <= parity["tolerance_max_rel_diff"]

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from kvserve.proto import grpc_service_pb2 as pb
-from kvserve.proto import tensors
 from kvserve.proto.tensors import (
     CONTENTS_FIELDS,
     DATATYPES,
