@@ -83,7 +83,7 @@ class UploadPipeline:
         if spec.parity_tolerance < 0:
             raise InvalidArgument("parity tolerance must be positive (a max relative difference, e.g. 0.01)")
         if spec.size < 0 or spec.size > self.settings.max_upload_bytes:
-            raise ResourceExhausted(f"upload of {spec.size} bytes exceeds kvd's --max-upload-bytes ({self.settings.max_upload_bytes})")
+            raise ResourceExhausted(f"upload of {spec.size} bytes exceeds kvd's limit of {self.settings.max_upload_bytes} bytes (kvd --max-upload-mb)")
         return spec
 
     def run(self, spec: UploadSpec, chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
@@ -171,7 +171,7 @@ class UploadPipeline:
             for chunk in chunks:
                 size += len(chunk)
                 if size > self.settings.max_upload_bytes:
-                    raise ResourceExhausted(f"upload exceeds kvd's --max-upload-bytes ({self.settings.max_upload_bytes} bytes)")
+                    raise ResourceExhausted(f"upload exceeds kvd's limit of {self.settings.max_upload_bytes} bytes (kvd --max-upload-mb)")
                 digest.update(chunk)
                 out.write(chunk)
                 if size >= next_report:
