@@ -1,7 +1,9 @@
 """Runs one conversion in a child process and relays its progress; the daemon never imports TensorFlow here.
 
 A child that crashes, hangs past the time limit, or answers nonsense fails that upload with a clear status;
-its stderr goes to ``convert.log`` in the staging directory and a tail of it to the daemon log.
+its stderr goes to ``convert.log`` in the staging directory and a tail of it to the daemon log. The child's
+stdin is a pipe kvd never writes to: when kvd dies (even by kill -9) the child reads EOF and exits, so no
+orphan keeps writing into a staging directory the next kvd removes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kvserve.server.errors import FailedPrecondition, Internal, InvalidArgument, KvError, ResourceExhausted
+from kvserve.server.limits import Abandon
 
 log = logging.getLogger("kvserve.server.conversion")
 
@@ -36,8 +39,11 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float) -> Iterator[dict[str, Any]]:
-    """Yield the child's stage events; the last item yielded is its result dict (key ``result``)."""
+def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float, abandon: Abandon | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the child's stage events; the last item yielded is its result dict (key ``result``).
+
+    Setting ``abandon`` kills the child at once and raises its error here.
+    """
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job))
     log_path = workdir / "convert.log"
@@ -46,7 +52,7 @@ def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float) -> Iter
             [sys.executable, "-m", "kvserve.server.convert_child", str(job_path)],
             stdout=subprocess.PIPE,
             stderr=stderr,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # never written: EOF tells the child that kvd is gone
             env=_child_env(),
             start_new_session=True,
         )
@@ -59,6 +65,7 @@ def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float) -> Iter
     timer = threading.Timer(timeout_s, on_timeout)
     timer.daemon = True
     timer.start()
+    forget = (abandon or Abandon()).on_set(lambda: _kill(child))
     final: dict[str, Any] | None = None
     try:
         assert child.stdout is not None
@@ -74,8 +81,14 @@ def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float) -> Iter
         returncode = child.wait()
     finally:
         timer.cancel()
+        forget()
         if child.poll() is None:  # the caller went away (client cancelled): do not leave the child running
             _kill(child)
+            child.wait()
+        assert child.stdin is not None
+        child.stdin.close()
+    if abandon is not None:
+        abandon.check()
     if timed_out.is_set():
         raise ResourceExhausted(f"conversion took longer than {timeout_s:.0f} s and was stopped; raise kvd --conversion-timeout for very large models")
     if final is None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from kvserve.plugins.types import ConversionFailed, ConversionOptions, ModelRejected, UnsafeModel
+from kvserve.server import faults
 
 
 def _emit(channel: TextIO, payload: dict[str, Any]) -> None:
@@ -49,8 +51,7 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     from kvserve.plugins.manager import load_plugins
     from kvserve.server.parity import parity_report, sample_feeds
 
-    fault = os.environ.get("KVSERVE_TEST_FAULT", "")
-    if fault == "converter-crash":  # test-only fault injection: a converter that dies hard
+    if faults.active("converter-crash"):  # test-only fault injection: a converter that dies hard
         os.kill(os.getpid(), 11)
     fmt = job["format"]
     converters = [c for c in load_plugins().converters() if fmt in c.formats]
@@ -59,6 +60,7 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     converter = converters[0]
     options = ConversionOptions(precision=job["precision"], allow_unsafe_deserialization=job["allow_unsafe"])
     _emit(channel, {"stage": "converting", "message": f"{converter.name}: reading the {fmt} model"})
+    faults.pause("slow-convert", 30.0)  # test-only: a conversion long enough to kill kvd or the client during it
     started = time.perf_counter()
     model = converter.load(Path(job["source"]), fmt, options)
     signature = {"inputs": [s.to_dict() for s in model.inputs], "outputs": [s.to_dict() for s in model.outputs]}
@@ -72,7 +74,7 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
                 "converter": {"name": converter.name, **_framework_versions()},
                 "timings": {"convert_s": round(time.perf_counter() - started, 3)}}
     convert_s = time.perf_counter() - started
-    if fault == "corrupt-ir":
+    if faults.active("corrupt-ir"):
         _corrupt_weights(xml.with_suffix(".bin"))
     _emit(channel, {"stage": "verifying", "message": "comparing the IR with the original on seeded inputs"})
     started = time.perf_counter()
@@ -104,7 +106,14 @@ def _framework_versions() -> dict[str, str]:
     return versions
 
 
+def _exit_with_parent() -> None:
+    """kvd holds our stdin open and never writes; EOF means kvd is gone, so stop at once."""
+    sys.stdin.buffer.read()
+    os._exit(70)
+
+
 def main() -> int:
+    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
     channel = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything a library prints goes to the log, not into the protocol
     job = json.loads(Path(sys.argv[1]).read_text())

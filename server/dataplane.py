@@ -1,17 +1,21 @@
 """Transport-neutral inference: validate inputs against the model's signature, run, pick outputs.
 
-Servicers stay thin: they decode the wire format, call here, and encode what comes back.
+Servicers stay thin: they decode the wire format, call here, and encode what comes back. This is also where
+an inference waits for a slot (bounded per model), is dropped when its caller has gone, and is timed.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Mapping
 
 import numpy as np
 
 from kvserve.proto.tensors import datatype_of
 from kvserve.plugins.types import TensorSpec
+from kvserve.server import faults, metrics
 from kvserve.server.errors import InvalidArgument
+from kvserve.server.limits import Call, InferGate, dropped, gone
 from kvserve.server.models import ModelManager, ModelVersion
 
 
@@ -43,17 +47,29 @@ def validate_inputs(model: ModelVersion, inputs: Mapping[str, np.ndarray]) -> No
 
 
 class DataPlane:
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, gate: InferGate | None = None) -> None:
         self.manager = manager
+        self.gate = gate or InferGate(max_queue=32)
 
-    def infer(self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: list[str] | None = None
-              ) -> tuple[ModelVersion, dict[str, np.ndarray]]:
-        model = self.manager.get(name, version)
-        validate_inputs(model, inputs)
-        if requested:
-            known = {spec.name for spec in model.outputs}
-            for output in requested:
-                if output not in known:
-                    raise InvalidArgument(f"model '{name}' has no output '{output}'; its outputs are {describe_specs(model.outputs)}")
-        assert model.runner is not None
-        return model, model.runner.infer(dict(inputs), requested or None)
+    def infer(self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: list[str] | None = None,
+              call: Call | None = None) -> tuple[ModelVersion, dict[str, np.ndarray]]:
+        """Run one request; ``call`` (the gRPC context) lets work for a caller that went away be dropped."""
+        with self.manager.serving(name, version) as model:
+            validate_inputs(model, inputs)
+            if requested:
+                known = {spec.name for spec in model.outputs}
+                for output in requested:
+                    if output not in known:
+                        raise InvalidArgument(f"model '{name}' has no output '{output}'; its outputs are {describe_specs(model.outputs)}")
+            with self.gate.slot(model.name, model.runner, call) as queued_s:
+                faults.pause("slow-infer")
+                reason = gone(call)
+                if reason:
+                    metrics.DROPPED.labels(model.name, reason).inc()
+                    raise dropped(reason)
+                started = time.perf_counter()
+                outputs = model.runner.infer(dict(inputs), requested or None)
+                labels = (model.name, str(model.version))
+                metrics.QUEUE_SECONDS.labels(*labels).observe(queued_s)
+                metrics.INFERENCE_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+            return model, outputs

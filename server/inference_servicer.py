@@ -88,7 +88,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
         inputs = decode_request_inputs(request)
         requested = [output.name for output in request.outputs]
-        model, outputs = self.dataplane.infer(request.model_name, request.model_version, inputs, requested)
+        model, outputs = self.dataplane.infer(request.model_name, request.model_version, inputs, requested, call=context)
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
         encode_response_outputs(response, outputs)
         return response

@@ -11,7 +11,8 @@ from kvserve.plugins import safe
 from kvserve.plugins.manager import Plugins
 from kvserve.proto import kvserve_service_pb2 as kv
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
-from kvserve.server.errors import InvalidArgument, NotFound
+from kvserve.server.errors import Cancelled, InvalidArgument, NotFound
+from kvserve.server.limits import Abandon
 from kvserve.server.models import ModelManager
 from kvserve.server.repository import parse_version
 from kvserve.server.uploads import UploadPipeline, UploadSpec
@@ -40,7 +41,9 @@ class KvServeServicer(kv_grpc.KvServeServicer):
                           force=header.options.get("force", "").lower() in {"1", "true", "yes"},
                           samples_npy=header.samples_npy, sample_images=list(header.sample_images),
                           parity_tolerance=header.parity_tolerance)
-        for event in self.uploads.run(spec, _chunks(request_iterator, context)):
+        abandon = Abandon()
+        context.add_callback(lambda: abandon.set(Cancelled("the client went away; the upload was discarded")))
+        for event in self.uploads.run(spec, _chunks(request_iterator, context), abandon):
             manifest: dict[str, Any] | None = event.get("manifest")
             yield kv.UploadEvent(
                 stage=kv.UploadEvent.Stage.Value(event["stage"]),
