@@ -83,7 +83,7 @@ def refusing(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
         context.abort(code, message)
 
     kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
-    return handler._replace(request_deserializer=lambda data: None, **{kind: refuse})
+    return handler._replace(request_deserializer=lambda data: data, **{kind: refuse})  # None would mean "undecodable"
 
 
 @contextmanager
