@@ -65,7 +65,7 @@ def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float, abandon
     timer = threading.Timer(timeout_s, on_timeout)
     timer.daemon = True
     timer.start()
-    forget = (abandon or Abandon()).on_set(lambda: _kill(child))
+    forget = abandon.on_set(lambda: _kill(child)) if abandon is not None else (lambda: None)
     final: dict[str, Any] | None = None
     try:
         assert child.stdout is not None

@@ -120,7 +120,8 @@ class Abandon:
         self._callbacks: list[Callable[[], None]] = []
         self.error: KvError | None = None
 
-    def __bool__(self) -> bool:
+    @property
+    def is_set(self) -> bool:
         return self.error is not None
 
     def set(self, error: KvError) -> None:

@@ -104,7 +104,7 @@ class UploadPipeline:
     def run(self, spec: UploadSpec, chunks: Iterable[bytes], abandon: Abandon | None = None) -> Iterator[dict[str, Any]]:
         """Progress events of one upload; ``abandon`` (set by the transport when the client leaves) stops it."""
         spec = self.validate(spec)
-        abandon = abandon or Abandon()
+        abandon = Abandon() if abandon is None else abandon
         stage, outcome = "receiving", "ok"
         started = time.perf_counter()
         with self.slots.slot(), self._tracked(abandon):
@@ -117,7 +117,7 @@ class UploadPipeline:
                 metrics.UPLOAD_FAILURES.labels(stage, outcome).inc()
                 raise
             except BaseException as error:  # GeneratorExit: the client went away mid-stream
-                outcome = "CANCELLED" if abandon or not isinstance(error, Exception) else "INTERNAL"
+                outcome = "CANCELLED" if abandon.is_set or not isinstance(error, Exception) else "INTERNAL"
                 metrics.UPLOAD_FAILURES.labels(stage, outcome).inc()
                 raise
             finally:
