@@ -129,6 +129,7 @@ class Repository:
             fsync_tree(staging)
             os.rename(staging, model_dir / str(version))
             _fsync_dir(model_dir)
+            _fsync_dir(self.root)  # a new model's directory entry, too
         return version
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
