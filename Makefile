@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test protos check-protos bench clean soak
+.PHONY: install demo test protos check-protos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,7 @@ check-protos: $(STAMP)
 	$(BIN)/python -m kvserve.proto.generate --check
 
 # A 60 s soak of one kvd on loopback (bench/soak.py): infers, uploads, reloads and deletes together.
+.PHONY: soak
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py --seconds 60 --clients 4 --json bench/soak-results.json
 

@@ -49,8 +49,7 @@ def start_kvd(repository: Path) -> tuple[subprocess.Popen[bytes], str]:
     port_file.unlink(missing_ok=True)
     log = open(WORK / "kvd.log", "wb")
     process = subprocess.Popen([str(BIN / "kvd"), "--repository", str(repository), "--address", "127.0.0.1:0",
-                                "--port-file", str(port_file), "--metrics-address", "127.0.0.1:0"],  # any free port
-                               stdout=log, stderr=subprocess.STDOUT)
+                                "--port-file", str(port_file)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while not port_file.exists():
         if process.poll() is not None or time.monotonic() > deadline:

@@ -1,9 +1,8 @@
 """Runs one conversion in a child process and relays its progress; the daemon never imports TensorFlow here.
 
 A child that crashes, hangs past the time limit, or answers nonsense fails that upload with a clear status;
-its stderr goes to ``convert.log`` in the staging directory and a tail of it to the daemon log. The child's
-stdin is a pipe kvd never writes to: when kvd dies (even by kill -9) the child reads EOF and exits, so no
-orphan keeps writing into a staging directory the next kvd removes.
+its stderr goes to ``convert.log`` in the staging directory and a tail of it to the daemon log. The child
+exits by itself when kvd dies (it watches its parent), and an upload that is abandoned kills it at once.
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float, abandon
             [sys.executable, "-m", "kvserve.server.convert_child", str(job_path)],
             stdout=subprocess.PIPE,
             stderr=stderr,
-            stdin=subprocess.PIPE,  # never written: EOF tells the child that kvd is gone
+            stdin=subprocess.DEVNULL,
             env=_child_env(),
             start_new_session=True,
         )
@@ -85,8 +84,6 @@ def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float, abandon
         if child.poll() is None:  # the caller went away (client cancelled): do not leave the child running
             _kill(child)
             child.wait()
-        assert child.stdin is not None
-        child.stdin.close()
     if abandon is not None:
         abandon.check()
     if timed_out.is_set():

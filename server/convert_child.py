@@ -51,7 +51,8 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     from kvserve.plugins.manager import load_plugins
     from kvserve.server.parity import parity_report, sample_feeds
 
-    if faults.active("converter-crash"):  # test-only fault injection: a converter that dies hard
+    fault = os.environ.get("KVSERVE_TEST_FAULT", "")
+    if fault == "converter-crash":  # test-only fault injection: a converter that dies hard
         os.kill(os.getpid(), 11)
     fmt = job["format"]
     converters = [c for c in load_plugins().converters() if fmt in c.formats]
@@ -74,7 +75,7 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
                 "converter": {"name": converter.name, **_framework_versions()},
                 "timings": {"convert_s": round(time.perf_counter() - started, 3)}}
     convert_s = time.perf_counter() - started
-    if faults.active("corrupt-ir"):
+    if fault == "corrupt-ir":
         _corrupt_weights(xml.with_suffix(".bin"))
     _emit(channel, {"stage": "verifying", "message": "comparing the IR with the original on seeded inputs"})
     started = time.perf_counter()
@@ -106,9 +107,11 @@ def _framework_versions() -> dict[str, str]:
     return versions
 
 
-def _exit_with_parent() -> None:
-    """kvd holds our stdin open and never writes; EOF means kvd is gone, so stop at once."""
-    sys.stdin.buffer.read()
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    """Once kvd is gone (even by kill -9) we are reparented: stop, instead of writing into a staging dir it removes."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(poll_s)
     os._exit(70)
 
 

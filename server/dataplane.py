@@ -1,6 +1,6 @@
 """Transport-neutral inference: validate inputs against the model's signature, run, pick outputs.
 
-Servicers stay thin: they decode the wire format, call here, and encode what comes back. This is also where
+Servicers stay thin: they decode the wire format, call here, and encode what comes back. ``_run`` is also where
 an inference waits for a slot (bounded per model), is dropped when its caller has gone, and is timed.
 """
 
@@ -54,22 +54,27 @@ class DataPlane:
     def infer(self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: list[str] | None = None,
               call: Call | None = None) -> tuple[ModelVersion, dict[str, np.ndarray]]:
         """Run one request; ``call`` (the gRPC context) lets work for a caller that went away be dropped."""
-        with self.manager.serving(name, version) as model:
-            validate_inputs(model, inputs)
-            if requested:
-                known = {spec.name for spec in model.outputs}
-                for output in requested:
-                    if output not in known:
-                        raise InvalidArgument(f"model '{name}' has no output '{output}'; its outputs are {describe_specs(model.outputs)}")
-            with self.gate.slot(model.name, model.runner, call) as queued_s:
-                faults.pause("slow-infer")
-                reason = gone(call)
-                if reason:
-                    metrics.DROPPED.labels(model.name, reason).inc()
-                    raise dropped(reason)
-                started = time.perf_counter()
-                outputs = model.runner.infer(dict(inputs), requested or None)
-                labels = (model.name, str(model.version))
-                metrics.QUEUE_SECONDS.labels(*labels).observe(queued_s)
-                metrics.INFERENCE_SECONDS.labels(*labels).observe(time.perf_counter() - started)
-            return model, outputs
+        model = self.manager.get(name, version)
+        validate_inputs(model, inputs)
+        if requested:
+            known = {spec.name for spec in model.outputs}
+            for output in requested:
+                if output not in known:
+                    raise InvalidArgument(f"model '{name}' has no output '{output}'; its outputs are {describe_specs(model.outputs)}")
+        return model, self._run(model, inputs, requested, call)
+
+    def _run(self, model: ModelVersion, inputs: Mapping[str, np.ndarray], requested: list[str] | None,
+             call: Call | None) -> dict[str, np.ndarray]:
+        """On a leased runner, behind the model's bounded queue; dropped if nobody awaits the answer any more."""
+        with self.manager.lease(model) as runner, self.gate.slot(model.name, runner, call) as queued_s:
+            faults.pause("slow-infer")
+            reason = gone(call)
+            if reason:
+                metrics.DROPPED.labels(model.name, reason).inc()
+                raise dropped(reason)
+            started = time.perf_counter()
+            outputs = runner.infer(dict(inputs), requested or None)
+            labels = (model.name, str(model.version))
+            metrics.QUEUE_SECONDS.labels(*labels).observe(queued_s)
+            metrics.INFERENCE_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+            return outputs

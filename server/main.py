@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     start(daemon)
-    stop.wait()
+    while not stop.wait(0.2):  # a timed wait: the main thread must wake to run the Python signal handler,
+        pass                   # which never happens if the kernel hands the signal to a gRPC thread
     log.info("shutting down: health NOT_SERVING, new calls refused, running calls get %.0f s", settings.grace_seconds)
     daemon.stop(hurry=hurry)
     log.info("stopped")

@@ -4,7 +4,7 @@ Policy: the latest version of every model is loaded at start-up and after each u
 then unloaded); an older version named explicitly in a request is loaded on demand. A version that could not be
 loaded stays listed with its reason, so readiness and RepositoryIndex tell the truth.
 
-A request holds a lease on the version it runs (``serving``): a version replaced by a reload or a new upload
+A request holds a lease on the version it runs (``lease``): a version replaced by a reload or a new upload
 keeps answering the requests already on it and its runner is closed when the last of them is done.
 """
 
@@ -221,24 +221,28 @@ class ModelManager:
             raise Unavailable(f"model '{name}' version {number} is not ready: {error}") from None
 
     @contextmanager
-    def serving(self, name: str, version: str = "") -> Iterator[ModelVersion]:
-        """The ready version to serve, leased: its runner stays open until the block ends."""
-        for _attempt in range(3):
-            entry = self.get(name, version)
+    def lease(self, entry: ModelVersion) -> Iterator[Runner]:
+        """``entry``'s runner, kept open until the block ends (a reload or upload may retire it meanwhile).
+
+        If ``entry`` was retired since it was looked up (a reload of the same version), the version now
+        installed in its place is leased instead.
+        """
+        with self._lock:
+            if entry.retired or entry.runner is None:
+                current = self._models.get(entry.name, {}).get(entry.version)
+                if current is None or current.retired or current.runner is None or current.state != READY:
+                    raise Unavailable(f"model '{entry.name}' version {entry.version} was just replaced or unloaded; retry")
+                entry = current
+            entry.users += 1
+            runner = entry.runner
+        try:
+            yield runner
+        finally:
             with self._lock:
-                if entry.retired or entry.runner is None:
-                    continue  # replaced between lookup and lease: look again
-                entry.users += 1
-            try:
-                yield entry
-            finally:
-                with self._lock:
-                    entry.users -= 1
-                    close_now = entry.retired and entry.users == 0
-                if close_now:
-                    self._close_runner(entry)
-            return
-        raise Unavailable(f"model '{name}' is being replaced; retry")
+                entry.users -= 1
+                close_now = entry.retired and entry.users == 0
+            if close_now:
+                self._close_runner(entry)
 
     def has(self, name: str) -> bool:
         """Whether ``name`` is a model this daemon knows (cheap: no disk access)."""

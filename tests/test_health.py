@@ -102,24 +102,27 @@ def test_reload_keeps_serving_the_old_runner_until_the_new_one_is_in(world):
     manager, backend, reporter = world
     manager.load_all()
     x = {"x": np.ones((1, 2), np.float32)}
-    lease = manager.serving("m")
-    old = lease.__enter__()  # a request still running on the old runner
+    old = manager.get("m")
+    lease = manager.lease(old)
+    old_runner = lease.__enter__()  # a request still running on the old runner
     backend.gate.clear()
     backend.loading.clear()
     reload = threading.Thread(target=manager.load, args=("m", None, ["FAKE"]))
     reload.start()
     assert backend.loading.wait(10)
-    with manager.serving("m") as during:  # mid-reload: ready, healthy, answered by the old runner
-        assert during is old and during.runner.infer(x)["y"][0, 0] == 1.0
+    during = manager.get("m")  # mid-reload: ready, healthy, answered by the old runner
+    with manager.lease(during) as runner:
+        assert during is old and runner is old_runner and runner.infer(x)["y"][0, 0] == 1.0
     assert manager.ready() and _status(reporter, "m") == SERVING
     backend.gate.set()
     reload.join(10)
-    with manager.serving("m") as after:
-        assert after.runner.infer(x)["y"][0, 0] == 2.0
-    assert not old.runner.closed  # the request leasing it is not done yet
-    runner = old.runner
+    with manager.lease(manager.get("m")) as runner:
+        assert runner.infer(x)["y"][0, 0] == 2.0
+    assert not old_runner.closed  # the request leasing it is not done yet
+    with manager.lease(old) as runner:  # looked up before the reload, leased after: gets the new runner
+        assert runner.infer(x)["y"][0, 0] == 2.0
     lease.__exit__(None, None, None)
-    assert runner.closed and _status(reporter, "m") == SERVING
+    assert old_runner.closed and _status(reporter, "m") == SERVING
 
 
 def test_unload_and_forget_update_health(world):
