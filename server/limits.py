@@ -54,26 +54,33 @@ class InferGate:
         self._lock = threading.Lock()
         self._waiting: dict[str, int] = {}
         self._slots: weakref.WeakKeyDictionary[Any, threading.Semaphore] = weakref.WeakKeyDictionary()
+        self._by_name: dict[str, threading.Semaphore] = {}
 
     def waiting(self, model: str) -> int:
         with self._lock:
             return self._waiting.get(model, 0)
+
+    def _semaphore(self, model: str, runner: Any) -> threading.Semaphore:
+        """The runner's slots; a plugin runner that cannot be weakly referenced is gated by model name."""
+        try:
+            return self._slots.setdefault(runner, threading.Semaphore(runner_slots(runner)))
+        except TypeError:
+            return self._by_name.setdefault(model, threading.Semaphore(runner_slots(runner)))
 
     @contextmanager
     def slot(self, model: str, runner: Any, call: Call | None = None) -> Iterator[float]:
         """Hold one infer slot of ``runner``; yields the seconds spent queued for it."""
         with self._lock:
             waiting = self._waiting.get(model, 0)
-            if waiting >= self.max_queue and self.max_queue >= 0:
-                semaphore = self._slots.get(runner)
-                if semaphore is None or not semaphore.acquire(blocking=False):
+            semaphore = self._semaphore(model, runner)
+            if waiting >= self.max_queue:  # full, unless a slot is free right now (then nobody waits)
+                if not semaphore.acquire(blocking=False):
                     raise ResourceExhausted(
                         f"model '{model}' already has {waiting} requests queued (kvd --max-queue {self.max_queue}); "
                         "retry with back-off or spread the load"
                     )
                 semaphore.release()
             self._waiting[model] = waiting + 1
-            semaphore = self._slots.setdefault(runner, threading.Semaphore(runner_slots(runner)))
         started = time.perf_counter()
         try:
             while not semaphore.acquire(timeout=POLL_S):
