@@ -32,5 +32,10 @@ protos: $(STAMP)
 check-protos: $(STAMP)
 	$(BIN)/python -m kvserve.proto.generate --check
 
+# A 60 s soak of one kvd on loopback (bench/soak.py): infers, uploads, reloads and deletes together.
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --seconds 60 --clients 4 --json bench/soak-results.json
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .demo

@@ -27,16 +27,17 @@ EXIT_UNREACHABLE = 4
 
 
 class State:
-    def __init__(self, server: str, verbose: bool, timeout: float) -> None:
+    def __init__(self, server: str, verbose: bool, timeout: float, credentials: dict[str, Any] | None = None) -> None:
         self.server = server
         self.verbose = verbose
         self.timeout = timeout
+        self.credentials = credentials or {}
         self._client: Client | None = None
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.server, timeout=self.timeout)
+            self._client = Client(self.server, timeout=self.timeout, **self.credentials)
         return self._client
 
 
@@ -68,10 +69,15 @@ def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) 
 @click.option("--server", default=default_server, show_default="KVSERVE_SERVER or 127.0.0.1:8500", help="kvd address host:port")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for each call")
 @click.option("-v", "--verbose", is_flag=True, help="show tracebacks and debug detail")
+@click.option("--token", envvar="KVSERVE_TOKEN", help="bearer token (env KVSERVE_TOKEN, preferred: flags show in ps)")
+@click.option("--ca", envvar="KVSERVE_CA", type=click.Path(exists=True, dir_okay=False), help="PEM CA of kvd's certificate; turns TLS on (env KVSERVE_CA)")
+@click.option("--cert", envvar="KVSERVE_CERT", type=click.Path(exists=True, dir_okay=False), help="client certificate for mTLS (env KVSERVE_CERT)")
+@click.option("--key", envvar="KVSERVE_KEY", type=click.Path(exists=True, dir_okay=False), help="client key for mTLS (env KVSERVE_KEY)")
 @click.pass_context
-def cli(ctx: click.Context, server: str, timeout: float, verbose: bool) -> None:
+def cli(ctx: click.Context, server: str, timeout: float, verbose: bool, token: str | None, ca: str | None, cert: str | None,
+        key: str | None) -> None:
     """kvctl: upload Keras models to kvd and run them."""
-    ctx.obj = State(server, verbose, timeout)
+    ctx.obj = State(server, verbose, timeout, {"token": token, "ca": ca, "cert": cert, "key": key})
 
 
 def preprocessing_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-import grpc
 import numpy as np
 
 from kvserve.client import classes
 from kvserve.client.classes import TopClass
+from kvserve.client.credentials import Credentials
 from kvserve.proto import grpc_service_pb2 as pb
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import kvserve_service_pb2 as kv
@@ -55,11 +55,14 @@ def _pack_directory(path: Path) -> bytes:
 
 
 class Client:
-    def __init__(self, address: str | None = None, timeout: float | None = 60.0, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, address: str | None = None, timeout: float | None = 60.0, max_message_bytes: int = MAX_MESSAGE_BYTES, *,
+                 token: str | None = None, ca: str | os.PathLike[str] | None = None, cert: str | os.PathLike[str] | None = None,
+                 key: str | os.PathLike[str] | None = None) -> None:
+        """``token``/``ca``/``cert``/``key`` default to KVSERVE_TOKEN/KVSERVE_CA/KVSERVE_CERT/KVSERVE_KEY; a CA turns TLS on."""
         self.address = address or default_server()
         self.timeout = timeout
         options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
-        self.channel = grpc.insecure_channel(self.address, options=options)
+        self.channel = Credentials.resolve(token, ca, cert, key).channel(self.address, options)
         self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.kvserve = kv_grpc.KvServeStub(self.channel)
         self._metadata: dict[tuple[str, str], dict[str, Any]] = {}

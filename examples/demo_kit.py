@@ -38,7 +38,8 @@ def running_kvd(repository: Path) -> Iterator[str]:
     port_file.unlink(missing_ok=True)
     with open(WORK / "kvd.log", "wb") as log:
         process = subprocess.Popen([str(BIN / "kvd"), "--repository", str(repository), "--address", "127.0.0.1:0",
-                                    "--port-file", str(port_file)], stdout=log, stderr=subprocess.STDOUT)
+                                    "--port-file", str(port_file), "--metrics-address", "127.0.0.1:0"],
+                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while not port_file.exists():

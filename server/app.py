@@ -7,22 +7,32 @@ import os
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 
 from kvserve.plugins.manager import Plugins, load_plugins
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
+from kvserve.server import health, metrics
+from kvserve.server.auth import AuthInterceptor, load_tokens
+from kvserve.server.calls import CallObserver
 from kvserve.server.dataplane import DataPlane
 from kvserve.server.inference_servicer import InferenceServicer
 from kvserve.server.interceptors import ErrorInterceptor
 from kvserve.server.kvserve_servicer import KvServeServicer
+from kvserve.server.lifecycle import DrainInterceptor, Lifecycle
+from kvserve.server.limits import InferGate
 from kvserve.server.models import ModelManager
 from kvserve.server.repository import Repository
+from kvserve.server.security import check_exposure, server_credentials
 from kvserve.server.settings import Settings
 from kvserve.server.uploads import UploadPipeline
 
 log = logging.getLogger("kvserve.server")
+
+SHUTDOWN_MESSAGE = "kvd is shutting down; upload again once it is back"
 
 
 @dataclass
@@ -32,45 +42,92 @@ class Daemon:
     manager: ModelManager
     plugins: Plugins
     port: int
-    uploads: UploadPipeline
+    lifecycle: Lifecycle | None = None
+    uploads: UploadPipeline | None = None
+    metrics_server: Any = None
+    metrics_port: int = 0
 
-    def stop(self, grace: float | None = None) -> None:
-        self.server.stop(self.settings.grace_seconds if grace is None else grace).wait()
-        self.uploads.launcher.close()
+    def stop(self, grace: float | None = None, hurry: threading.Event | None = None) -> None:
+        """Drain: health NOT_SERVING, new calls UNAVAILABLE, uploads abandoned, running calls get ``grace`` s."""
+        grace = self.settings.grace_seconds if grace is None else grace
+        if self.lifecycle is not None:
+            self.lifecycle.drain()
+            if not self.lifecycle.wait_idle(grace, hurry):
+                log.warning("%d calls still running after %.0f s of grace; cancelling them", self.lifecycle.in_flight, grace)
+        self.server.stop(0).wait()
+        if self.uploads is not None:
+            self.uploads.wait_finished(5.0)  # abandoned uploads remove their staging
+            self.uploads.launcher.close()
         self.manager.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+
+
+def _interceptors(settings: Settings, manager: ModelManager, lifecycle: Lifecycle) -> list[grpc.ServerInterceptor]:
+    """Outermost first: observe every call, then authenticate, then refuse while draining, then map errors."""
+    chain: list[grpc.ServerInterceptor] = [CallObserver(manager.has)]
+    if settings.auth_token_file is not None:
+        chain.append(AuthInterceptor(load_tokens(settings.auth_token_file)))
+    return [*chain, DrainInterceptor(lifecycle), ErrorInterceptor()]
 
 
 def build(settings: Settings) -> Daemon:
-    """Create everything and bind the port; nothing is served until ``start``."""
+    """Create everything and bind the ports; nothing is served until ``start``.
+
+    Raises OSError (port in use) or ValueError (bad security settings) with a message for the operator.
+    """
+    check_exposure(settings)
+    credentials = server_credentials(settings)
     repository = Repository(settings.repository)
     removed = repository.clean_staging()
     if removed:
         log.info("removed %d leftovers of interrupted uploads or deletes from %s", len(removed), repository.staging_root)
     plugins = load_plugins()
     manager = ModelManager(repository, plugins, settings)
+    lifecycle = Lifecycle()
+    reporter = health.HealthReporter(manager)
+    uploads = UploadPipeline(repository, manager, settings)
+    lifecycle.on_drain(reporter.drain)
+    lifecycle.on_drain(lambda: uploads.abandon_all(SHUTDOWN_MESSAGE))
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvd-rpc"),
-                         interceptors=[ErrorInterceptor()], options=options)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(manager, DataPlane(manager, settings.max_batch_size), settings), server)
-    uploads = UploadPipeline(repository, manager, settings)
+                         interceptors=_interceptors(settings, manager, lifecycle), options=options,
+                         maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    dataplane = DataPlane(manager, InferGate(settings.max_queue), settings.max_batch_size)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(manager, dataplane, settings), server)
     kv_grpc.add_KvServeServicer_to_server(KvServeServicer(manager, uploads, plugins), server)
-    port = server.add_insecure_port(settings.address)
+    health.add_to_server(reporter, server)
+    if credentials is not None:
+        port = server.add_secure_port(settings.address, credentials)
+    else:
+        port = server.add_insecure_port(settings.address)
     if port == 0:
         raise OSError(f"cannot listen on {settings.address}: address in use or not available")
-    return Daemon(settings, server, manager, plugins, port, uploads)
+    metrics.watch_models(manager)
+    metrics_server, metrics_port = metrics.serve(settings.metrics_address) if settings.metrics_address else (None, 0)
+    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port)
+
+
+def _write_port(path: Path | None, port: int) -> None:
+    if path is not None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{port}\n")
+        os.replace(tmp, path)
 
 
 def start(daemon: Daemon) -> None:
     """Serve at once (live), load the repository in the background (ready when done)."""
     daemon.server.start()
-    host = daemon.settings.address.rsplit(":", 1)[0]
-    log.info("kvd listening on %s:%d, repository %s", host, daemon.port, daemon.settings.repository)
-    if daemon.settings.port_file is not None:
-        tmp = daemon.settings.port_file.with_suffix(".tmp")
-        tmp.write_text(f"{daemon.port}\n")
-        os.replace(tmp, daemon.settings.port_file)
+    settings = daemon.settings
+    host = settings.address.rsplit(":", 1)[0]
+    log.info("kvd listening on %s:%d (%s%s), repository %s", host, daemon.port, "TLS" if settings.tls_cert else "plaintext",
+             ", tokens" if settings.auth_token_file else "", settings.repository)
+    if daemon.metrics_server is not None:
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_address.rpartition(":")[0], daemon.metrics_port)
+    _write_port(settings.metrics_port_file, daemon.metrics_port)
+    _write_port(settings.port_file, daemon.port)
     threading.Thread(target=daemon.manager.load_all, name="kvd-startup-load", daemon=True).start()

@@ -1,7 +1,8 @@
 """Runs one conversion in a child process and relays its progress; the daemon never imports TensorFlow here.
 
 A child that crashes, hangs past the time limit, or answers nonsense fails that upload with a clear status;
-its stderr goes to ``convert.log`` in the staging directory and a tail of it to the daemon log.
+its stderr goes to ``convert.log`` in the staging directory and a tail of it to the daemon log. The child
+exits by itself when kvd dies (it watches its parent), and an upload that is abandoned kills it at once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kvserve.server.errors import FailedPrecondition, Internal, InvalidArgument, KvError, ResourceExhausted
+from kvserve.server.limits import Abandon
 
 log = logging.getLogger("kvserve.server.conversion")
 
@@ -52,8 +54,9 @@ class ConverterLauncher:
     waits for its job, so an upload does not wait the ~5 s those imports take.
     """
 
-    def __init__(self, warm: bool = True) -> None:
+    def __init__(self, warm: bool = True, label: str = "") -> None:
         self.warm = warm
+        self.label = label  # shown on the child's command line (ps): which kvd's repository it works for
         self._idle: Child | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -89,7 +92,7 @@ class ConverterLauncher:
         fd, name = tempfile.mkstemp(prefix="kvserve-converter-", suffix=".log")
         with os.fdopen(fd, "wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "kvserve.server.convert_child"],
+                [sys.executable, "-m", "kvserve.server.convert_child", *(["--for", self.label] if self.label else [])],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 stdin=subprocess.PIPE,
@@ -99,8 +102,12 @@ class ConverterLauncher:
         return Child(process, Path(name))
 
 
-def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float, launcher: ConverterLauncher) -> Iterator[dict[str, Any]]:
-    """Yield the child's stage events; the last item yielded is its result dict (key ``result``)."""
+def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float, launcher: ConverterLauncher,
+                   abandon: Abandon | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the child's stage events; the last item yielded is its result dict (key ``result``).
+
+    Setting ``abandon`` kills the child at once and raises its error here.
+    """
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job))
     taken = launcher.take()
@@ -121,6 +128,7 @@ def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float, launche
     timer = threading.Timer(timeout_s, on_timeout)
     timer.daemon = True
     timer.start()
+    forget = abandon.on_set(lambda: _kill(child)) if abandon is not None else (lambda: None)
     final: dict[str, Any] | None = None
     try:
         assert child.stdout is not None
@@ -136,10 +144,13 @@ def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float, launche
         returncode = child.wait()
     finally:
         timer.cancel()
+        forget()
         if child.poll() is None:  # the caller went away (client cancelled): do not leave the child running
             _kill(child)
             child.wait()
         shutil.move(taken.log_path, log_path)
+    if abandon is not None:
+        abandon.check()
     if timed_out.is_set():
         raise ResourceExhausted(f"conversion took longer than {timeout_s:.0f} s and was stopped; raise kvd --conversion-timeout for very large models")
     if final is None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from kvserve.plugins.types import ConversionFailed, ConversionOptions, ModelRejected, UnsafeModel
+from kvserve.server import faults
 
 
 def _emit(channel: TextIO, payload: dict[str, Any]) -> None:
@@ -59,6 +61,7 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     converter = converters[0]
     options = ConversionOptions(precision=job["precision"], allow_unsafe_deserialization=job["allow_unsafe"])
     _emit(channel, {"stage": "converting", "message": f"{converter.name}: reading the {fmt} model"})
+    faults.pause("slow-convert", 30.0)  # test-only: a conversion long enough to kill kvd or the client during it
     started = time.perf_counter()
     model = converter.load(Path(job["source"]), fmt, options)
     preprocess = _preprocess(job.get("preprocess"), model.details.get("model_name", ""), model.inputs)
@@ -133,7 +136,16 @@ def _preload() -> None:
     load_plugins()
 
 
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    """Once kvd is gone (even by kill -9) we are reparented: stop, instead of writing into a staging dir it removes."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    os._exit(70)
+
+
 def main() -> int:
+    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
     channel = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything a library prints goes to the log, not into the protocol
     _preload()

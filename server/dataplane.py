@@ -1,11 +1,13 @@
 """Transport-neutral inference: decode image bytes, validate against the signature, run, pick outputs, and
 reduce outputs to top-k classes when asked.
 
-Servicers stay thin: they decode the wire format, call here, and encode what comes back.
+Servicers stay thin: they decode the wire format, call here, and encode what comes back. ``_run`` is also where
+an inference waits for a slot (bounded per model), is dropped when its caller has gone, and is timed.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Mapping
 
 import numpy as np
@@ -14,7 +16,9 @@ from kvserve.client import classes
 from kvserve.client.preprocessing import ImageError, Preprocess, image_shape, to_input
 from kvserve.plugins.types import TensorSpec
 from kvserve.proto.tensors import DATATYPES, datatype_of
+from kvserve.server import faults, metrics
 from kvserve.server.errors import InvalidArgument
+from kvserve.server.limits import Call, InferGate, dropped, gone
 from kvserve.server.models import ModelManager, ModelVersion
 
 
@@ -85,13 +89,15 @@ def classify(model: ModelVersion, outputs: dict[str, np.ndarray], counts: Mappin
 
 
 class DataPlane:
-    def __init__(self, manager: ModelManager, max_batch_size: int = 0) -> None:
+    def __init__(self, manager: ModelManager, gate: InferGate | None = None, max_batch_size: int = 0) -> None:
         self.manager = manager
+        self.gate = gate or InferGate(max_queue=32)
         self.max_batch_size = max_batch_size
 
     def infer(self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: list[str] | None = None,
-              classification: Mapping[str, int] | None = None) -> tuple[ModelVersion, dict[str, np.ndarray]]:
-        """Run the model. ``classification`` maps output names to k (top-k classes instead of scores)."""
+              classification: Mapping[str, int] | None = None, call: Call | None = None) -> tuple[ModelVersion, dict[str, np.ndarray]]:
+        """Run one request. ``classification`` maps output names to k (top-k classes instead of scores);
+        ``call`` (the gRPC context) lets work for a caller that went away be dropped."""
         model = self.manager.get(name, version)
         inputs = decode_images(model, inputs)
         validate_inputs(model, inputs, self.max_batch_size)
@@ -102,6 +108,21 @@ class DataPlane:
         for output in list(requested or []) + list(classification):
             if output not in known:
                 raise InvalidArgument(f"model '{name}' has no output '{output}'; its outputs are {describe_specs(model.outputs)}")
-        assert model.runner is not None
-        outputs = model.runner.infer(dict(inputs), requested or None)
+        outputs = self._run(model, inputs, requested, call)
         return model, classify(model, outputs, classification) if classification else outputs
+
+    def _run(self, model: ModelVersion, inputs: Mapping[str, np.ndarray], requested: list[str] | None,
+             call: Call | None) -> dict[str, np.ndarray]:
+        """On a leased runner, behind the model's bounded queue; dropped if nobody awaits the answer any more."""
+        with self.manager.lease(model) as runner, self.gate.slot(model.name, runner, call) as queued_s:
+            faults.pause("slow-infer")
+            reason = gone(call)
+            if reason:
+                metrics.DROPPED.labels(model.name, reason).inc()
+                raise dropped(reason)
+            started = time.perf_counter()
+            outputs = runner.infer(dict(inputs), requested or None)
+            labels = (model.name, str(model.version))
+            metrics.QUEUE_SECONDS.labels(*labels).observe(queued_s)
+            metrics.INFERENCE_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+            return outputs

@@ -47,3 +47,9 @@ class Internal(KvError):
     """An internal failure whose message is still safe and useful to show (e.g. a converter crash)."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+class Cancelled(KvError):
+    """The client went away or its deadline passed; the work was dropped (nobody is waiting for the answer)."""
+
+    code = grpc.StatusCode.CANCELLED

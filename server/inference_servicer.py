@@ -89,7 +89,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         inputs = decode_request_inputs(request)
         requested = [output.name for output in request.outputs]
         model, outputs = self.dataplane.infer(request.model_name, request.model_version, inputs, requested,
-                                              _classification(request))
+                                              _classification(request), call=context)
         response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
         encode_response_outputs(response, outputs)
         return response

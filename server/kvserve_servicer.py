@@ -11,7 +11,8 @@ from kvserve.plugins import safe
 from kvserve.plugins.manager import Plugins
 from kvserve.proto import kvserve_service_pb2 as kv
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
-from kvserve.server.errors import InvalidArgument, NotFound
+from kvserve.server.errors import Cancelled, InvalidArgument, NotFound
+from kvserve.server.limits import Abandon
 from kvserve.server.models import ModelManager
 from kvserve.server.repository import parse_version
 from kvserve.server.labels import check_count, parse_labels
@@ -47,7 +48,9 @@ class KvServeServicer(kv_grpc.KvServeServicer):
                           parity_tolerance=header.parity_tolerance,
                           preprocess=_preprocessing(header.preprocessing) if header.HasField("preprocessing") else None,
                           labels=header.labels, labels_filename=header.labels_filename or "labels")
-        for event in self.uploads.run(spec, _chunks(request_iterator, context)):
+        abandon = Abandon()
+        context.add_callback(lambda: abandon.set(Cancelled("the client went away; the upload was discarded")))
+        for event in self.uploads.run(spec, _chunks(request_iterator, context), abandon):
             manifest: dict[str, Any] | None = event.get("manifest")
             yield kv.UploadEvent(
                 stage=kv.UploadEvent.Stage.Value(event["stage"]),

@@ -6,11 +6,12 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 
-from kvserve.server.settings import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, PRECISIONS, Settings, default_repository
+from kvserve.server.logs import FORMATS, configure
+from kvserve.server.settings import (DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_ADDRESS, PRECISIONS, Settings,
+                                     default_repository)
 from kvserve.server.version import SERVER_VERSION
 
 
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--allow-unsafe-deserialization", action="store_true",
                         help="allow Keras models whose loading runs Python code (Lambda layers); only for models you trust")
     parser.add_argument("--log-level", default=env("KVSERVE_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
+    add_operations_arguments(parser)
     args = parser.parse_args(argv)
     return Settings(
         repository=args.repository or default_repository(),
@@ -49,26 +51,66 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         warm_converter=args.warm_converter,
         grace_seconds=args.grace_seconds,
         allow_unsafe_deserialization=args.allow_unsafe_deserialization,
+        **operations_settings(args),
     ), args.log_level
+
+
+def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
+    """Metrics, security, limits and log format (docs/operations.md, docs/security.md, docs/metrics.md)."""
+    env = os.environ.get
+    group = parser.add_argument_group("operations")
+    group.add_argument("--metrics-address", default=env("KVSERVE_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS),
+                       help=f"host:port of the Prometheus endpoint (default {DEFAULT_METRICS_ADDRESS}; port 0 picks one; '' disables it)")
+    group.add_argument("--metrics-port-file", type=Path, help="write the metrics endpoint's bound port here")
+    group.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) for TLS on the gRPC port")
+    group.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    group.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)")
+    group.add_argument("--auth-token-file", type=Path, default=env("KVSERVE_AUTH_TOKEN_FILE") or None,
+                       help="bearer tokens, one 'ROLE TOKEN' per line, ROLE read or admin (docs/security.md)")
+    group.add_argument("--insecure", action="store_true", help="allow a non-loopback --address without TLS or tokens")
+    group.add_argument("--max-uploads", type=int, default=2, help="uploads (and conversions) running at once")
+    group.add_argument("--upload-queue-seconds", type=float, default=10.0, help="how long an upload waits for a slot before RESOURCE_EXHAUSTED")
+    group.add_argument("--max-queue", type=int, default=32, help="requests per model waiting for an infer slot before RESOURCE_EXHAUSTED")
+    group.add_argument("--max-concurrent-rpcs", type=int, default=256, help="calls admitted at once; more get RESOURCE_EXHAUSTED")
+    group.add_argument("--log-format", choices=FORMATS, default=env("KVSERVE_LOG_FORMAT", "text"), help="text lines or JSON lines")
+
+
+def operations_settings(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "metrics_address": args.metrics_address, "metrics_port_file": args.metrics_port_file,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
+        "auth_token_file": Path(args.auth_token_file) if args.auth_token_file else None, "insecure": args.insecure,
+        "max_uploads": args.max_uploads, "upload_queue_s": args.upload_queue_seconds, "max_queue": args.max_queue,
+        "max_concurrent_rpcs": args.max_concurrent_rpcs, "log_format": args.log_format,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     settings, level = parse_args(argv)
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure(level, settings.log_format)
+    log = logging.getLogger("kvserve.server")
     from kvserve.server.app import build, start
 
     try:
         daemon = build(settings)
-    except OSError as error:
-        logging.getLogger("kvserve.server").error("%s", error)
+    except (OSError, ValueError) as error:
+        log.error("%s", error)
         return 2
-    stop = threading.Event()
+    stop, hurry = threading.Event(), threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():  # a second signal: do not wait for the grace period
+            hurry.set()
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     start(daemon)
-    stop.wait()
-    logging.getLogger("kvserve.server").info("shutting down (grace %.0f s)", settings.grace_seconds)
-    daemon.stop()
+    while not stop.wait(0.2):  # a timed wait: the main thread must wake to run the Python signal handler,
+        pass                   # which never happens if the kernel hands the signal to a gRPC thread
+    log.info("shutting down: health NOT_SERVING, new calls refused, running calls get %.0f s", settings.grace_seconds)
+    daemon.stop(hurry=hurry)
+    log.info("stopped")
     return 0
 
 

@@ -3,15 +3,19 @@
 Policy: the latest version of every model is loaded at start-up and after each upload (the previous one is
 then unloaded); an older version named explicitly in a request is loaded on demand. A version that could not be
 loaded stays listed with its reason, so readiness and RepositoryIndex tell the truth.
+
+A request holds a lease on the version it runs (``lease``): a version replaced by a reload or a new upload
+keeps answering the requests already on it and its runner is closed when the last of them is done.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from kvserve.plugins import safe
 from kvserve.plugins.manager import Plugins
@@ -41,6 +45,8 @@ class ModelVersion:
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     unloaded: bool = False  # by RepositoryModelUnload: stays down until loaded explicitly
+    users: int = field(default=0, repr=False, compare=False)  # requests running on it (leases)
+    retired: bool = field(default=False, repr=False, compare=False)  # replaced or unloaded: close when unused
 
     @classmethod
     def from_manifest(cls, name: str, version: int, manifest: dict[str, Any]) -> "ModelVersion":
@@ -56,7 +62,20 @@ class ModelManager:
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._lock = threading.RLock()
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
+        self._listeners: list[Callable[[str], None]] = []
         self.startup_complete = threading.Event()
+
+    # --- change notification ------------------------------------------------------------------------
+    def subscribe(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(name)`` after a model's versions or states change; ``""`` when start-up completes."""
+        self._listeners.append(listener)
+
+    def _notify(self, name: str) -> None:
+        for listener in self._listeners:
+            try:
+                listener(name)
+            except Exception:  # noqa: BLE001 - an observer never breaks serving
+                log.exception("model change listener failed for %r", name)
 
     # --- loading ------------------------------------------------------------------------------------
     def open_runner(self, model_dir: Path, manifest: Mapping[str, Any], devices: list[str] | None = None) -> tuple[Runner, str, str]:
@@ -104,6 +123,7 @@ class ModelManager:
                         released.append(versions.pop(number))
         for other in released:
             self._close(other)
+        self._notify(entry.name)
 
     def load(self, name: str, version: int | None = None, devices: list[str] | None = None) -> ModelVersion:
         """Load (or reload) one version from the repository; latest when ``version`` is None."""
@@ -140,6 +160,7 @@ class ModelManager:
                     log.error("model %s could not be loaded at start-up: %s", name, error)
         finally:
             self.startup_complete.set()
+            self._notify("")
 
     def unload(self, name: str, version: int | None = None) -> list[int]:
         with self._lock:
@@ -152,6 +173,7 @@ class ModelManager:
                 versions[entry.version] = unloaded
         for entry in released:
             self._close(entry)
+        self._notify(name)
         return [e.version for e in released]
 
     def forget(self, name: str, versions: list[int]) -> None:
@@ -163,6 +185,7 @@ class ModelManager:
                 self._models.pop(name, None)
         for entry in released:
             self._close(entry)
+        self._notify(name)
 
     def refresh_manifest(self, name: str, version: int, manifest: dict[str, Any]) -> None:
         """A stored manifest changed (preprocessing, labels): serve with the new one, no reload needed."""
@@ -205,6 +228,35 @@ class ModelManager:
         except FailedPrecondition as error:
             raise Unavailable(f"model '{name}' version {number} is not ready: {error}") from None
 
+    @contextmanager
+    def lease(self, entry: ModelVersion) -> Iterator[Runner]:
+        """``entry``'s runner, kept open until the block ends (a reload or upload may retire it meanwhile).
+
+        If ``entry`` was retired since it was looked up (a reload of the same version), the version now
+        installed in its place is leased instead.
+        """
+        with self._lock:
+            if entry.retired or entry.runner is None:
+                current = self._models.get(entry.name, {}).get(entry.version)
+                if current is None or current.retired or current.runner is None or current.state != READY:
+                    raise Unavailable(f"model '{entry.name}' version {entry.version} was just replaced or unloaded; retry")
+                entry = current
+            entry.users += 1
+            runner = entry.runner
+        try:
+            yield runner
+        finally:
+            with self._lock:
+                entry.users -= 1
+                close_now = entry.retired and entry.users == 0
+            if close_now:
+                self._close_runner(entry)
+
+    def has(self, name: str) -> bool:
+        """Whether ``name`` is a model this daemon knows (cheap: no disk access)."""
+        with self._lock:
+            return name in self._models
+
     def entries(self) -> list[ModelVersion]:
         """Every version on disk with its state (versions not loaded are UNAVAILABLE, 'not loaded')."""
         with self._lock:
@@ -229,8 +281,16 @@ class ModelManager:
         available = self.repository.names()
         return f"model '{name}' not found; available: {', '.join(available) if available else 'none (upload one with kvctl upload)'}"
 
+    def _close(self, entry: ModelVersion) -> None:
+        """Retire a version; its runner closes now, or when the last request leasing it is done."""
+        with self._lock:
+            entry.retired = True
+            if entry.users:
+                return
+        self._close_runner(entry)
+
     @staticmethod
-    def _close(entry: ModelVersion) -> None:
+    def _close_runner(entry: ModelVersion) -> None:
         if entry.runner is not None:
             try:
                 entry.runner.close()

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from kvserve.server import faults
 from kvserve.server.errors import InvalidArgument, NotFound
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -141,6 +142,7 @@ class Repository:
             fsync_tree(staging)
             os.rename(staging, model_dir / str(version))
             _fsync_dir(model_dir)
+            _fsync_dir(self.root)  # a new model's directory entry, too
         return version
 
     def update_manifest(self, name: str, version: int, changes: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +166,8 @@ class Repository:
             for number in versions:
                 trash = self.staging_root / f"deleted-{name}-{number}-{os.getpid()}-{threading.get_ident()}"
                 os.rename(self.root / name / str(number), trash)
+                _fsync_dir(self.root / name)  # the version is gone for good before its files are
+                faults.pause("pause-delete", 30.0)  # test-only: a window to kill -9 kvd mid-delete
                 shutil.rmtree(trash, ignore_errors=True)
             model_dir = self.root / name
             if model_dir.is_dir() and not any(model_dir.iterdir()):

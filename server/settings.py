@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_ADDRESS = "127.0.0.1:8500"
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:8502"
 # Large enough for a batch of 16 299x299x3 float images (17 MB) and a 4k RGB float image (100 MB).
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_DEVICES = ("CPU", "TF")
@@ -39,6 +40,19 @@ class Settings:
     grace_seconds: float = 10.0
     max_batch_size: int = 1024
     port_file: Path | None = None
+    # operations (issue 6): metrics, security, limits, logs
+    metrics_address: str = DEFAULT_METRICS_ADDRESS  # "" disables the endpoint
+    metrics_port_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_token_file: Path | None = None
+    insecure: bool = False
+    max_uploads: int = 2
+    upload_queue_s: float = 10.0
+    max_queue: int = 32
+    max_concurrent_rpcs: int = 256
+    log_format: str = "text"
 
     @property
     def cache_dir(self) -> Path:

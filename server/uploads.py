@@ -3,6 +3,9 @@
 Transport-neutral: takes the header and an iterator of chunks, yields progress events (dicts). The version
 becomes visible only after it has loaded on a device, by an atomic rename; any failure or a cancelled client
 leaves nothing behind but an empty staging slot that is removed here (or at the next start).
+
+At most ``--max-uploads`` run at once. An upload whose client goes away, or that kvd abandons at shutdown,
+stops at the next chunk, its converter child is killed, and its staging is removed.
 """
 
 from __future__ import annotations
@@ -10,16 +13,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from kvserve.server import formats
-from kvserve.server.conversion import ConverterLauncher, run_conversion
 from kvserve.client.preprocessing import Preprocess
-from kvserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from kvserve.server import formats, metrics
+from kvserve.server.conversion import ConverterLauncher, run_conversion
+from kvserve.server.errors import FailedPrecondition, InvalidArgument, KvError, ResourceExhausted, Unavailable
 from kvserve.server.labels import check_count, parse_labels
+from kvserve.server.limits import Abandon, UploadSlots
 from kvserve.server.models import READY, ModelManager, ModelVersion
 from kvserve.server.repository import Repository, validate_name
 from kvserve.server.settings import PRECISIONS, Settings
@@ -65,7 +71,34 @@ class UploadPipeline:
         self.repository = repository
         self.manager = manager
         self.settings = settings
-        self.launcher = ConverterLauncher(warm=settings.warm_converter)
+        self.launcher = ConverterLauncher(warm=settings.warm_converter, label=str(repository.root))
+        self.slots = UploadSlots(settings.max_uploads, settings.upload_queue_s)
+        self._active: set[Abandon] = set()
+        self._finished = threading.Condition()
+
+    def abandon_all(self, message: str) -> None:
+        """Stop every upload in progress (shutdown): each fails UNAVAILABLE and cleans up after itself."""
+        with self._finished:
+            active = list(self._active)
+        for abandon in active:
+            abandon.set(Unavailable(message))
+
+    def wait_finished(self, timeout: float) -> bool:
+        with self._finished:
+            return self._finished.wait_for(lambda: not self._active, timeout)
+
+    @contextmanager
+    def _tracked(self, abandon: Abandon) -> Iterator[None]:
+        with self._finished:
+            self._active.add(abandon)
+        metrics.UPLOADS_IN_PROGRESS.inc()
+        try:
+            yield
+        finally:
+            metrics.UPLOADS_IN_PROGRESS.dec()
+            with self._finished:
+                self._active.discard(abandon)
+                self._finished.notify_all()
 
     def validate(self, spec: UploadSpec) -> UploadSpec:
         validate_name(spec.name)
@@ -83,18 +116,39 @@ class UploadPipeline:
         if spec.parity_tolerance < 0:
             raise InvalidArgument("parity tolerance must be positive (a max relative difference, e.g. 0.01)")
         if spec.size < 0 or spec.size > self.settings.max_upload_bytes:
-            raise ResourceExhausted(f"upload of {spec.size} bytes exceeds kvd's limit of {self.settings.max_upload_bytes} bytes (kvd --max-upload-mb)")
+            raise ResourceExhausted(f"upload of {spec.size} bytes exceeds kvd's limit of {self.settings.max_upload_bytes} bytes (--max-upload-mb)")
         return spec
 
-    def run(self, spec: UploadSpec, chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    def run(self, spec: UploadSpec, chunks: Iterable[bytes], abandon: Abandon | None = None) -> Iterator[dict[str, Any]]:
+        """Progress events of one upload; ``abandon`` (set by the transport when the client leaves) stops it."""
         spec = self.validate(spec)
+        abandon = Abandon() if abandon is None else abandon
+        stage, outcome = "receiving", "ok"
+        started = time.perf_counter()
+        with self.slots.slot(), self._tracked(abandon):
+            try:
+                for event in self._run(spec, chunks, abandon):
+                    stage = event["stage"].lower()
+                    yield event
+            except KvError as error:
+                outcome = error.code.name
+                metrics.UPLOAD_FAILURES.labels(stage, outcome).inc()
+                raise
+            except BaseException as error:  # GeneratorExit: the client went away mid-stream
+                outcome = "CANCELLED" if abandon.is_set or not isinstance(error, Exception) else "INTERNAL"
+                metrics.UPLOAD_FAILURES.labels(stage, outcome).inc()
+                raise
+            finally:
+                metrics.UPLOAD_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+
+    def _run(self, spec: UploadSpec, chunks: Iterable[bytes], abandon: Abandon) -> Iterator[dict[str, Any]]:
         staging = self.repository.new_staging()
         published = False
         try:
             timings: dict[str, float] = {}
             started = time.perf_counter()
             source = staging / f"source{_suffix(spec.filename)}"
-            digest, size = yield from self._receive(spec, chunks, source)
+            digest, size = yield from self._receive(spec, chunks, source, abandon)
             timings["receive_s"] = round(time.perf_counter() - started, 3)
             fmt = formats.sniff(source, spec.filename)
             yield {"stage": "RECEIVED", "bytes_received": size, "bytes_total": size, "message": f"{size} bytes, {fmt}"}
@@ -106,11 +160,16 @@ class UploadPipeline:
                    "tolerance": spec.parity_tolerance or None, "preprocess": spec.preprocess,
                    **self._stage_samples(spec, staging)}
             result: dict[str, Any] = {}
-            for event in run_conversion(job, staging, self.settings.conversion_timeout_s, self.launcher):
-                if "result" in event:
-                    result = event["result"]
-                else:
-                    yield {"stage": event["stage"].upper(), "message": event.get("message", "")}
+            converting = time.perf_counter()
+            conversion_outcome = "failed"
+            try:
+                for event in run_conversion(job, staging, self.settings.conversion_timeout_s, self.launcher, abandon):
+                    if "result" in event:
+                        result, conversion_outcome = event["result"], "ok"
+                    else:
+                        yield {"stage": event["stage"].upper(), "message": event.get("message", "")}
+            finally:
+                metrics.CONVERSION_SECONDS.labels(conversion_outcome).observe(time.perf_counter() - converting)
             parity = result["parity"]
             if result.get("conversion_error"):
                 yield {"stage": "CONVERTING", "message": f"{result['conversion_error']}; the original model will be served by TF"}
@@ -132,6 +191,7 @@ class UploadPipeline:
             manifest["timings"]["load_s"] = round(time.perf_counter() - started, 3)
             manifest["served_by"] = {"backend": backend, "reason": reason}
             try:
+                abandon.check()  # the client left or kvd is stopping: do not publish what nobody will hear of
                 version = self.repository.publish(staging, spec.name, manifest)
             except BaseException:
                 runner.close()
@@ -163,15 +223,16 @@ class UploadPipeline:
             paths.append(str(path))
         return {"sample_images": paths}
 
-    def _receive(self, spec: UploadSpec, chunks: Iterable[bytes], target: Path) -> Iterator[dict[str, Any]]:
+    def _receive(self, spec: UploadSpec, chunks: Iterable[bytes], target: Path, abandon: Abandon) -> Iterator[dict[str, Any]]:
         digest = hashlib.sha256()
         size = 0
         next_report = PROGRESS_EVERY_BYTES
         with open(target, "wb") as out:
             for chunk in chunks:
+                abandon.check()
                 size += len(chunk)
                 if size > self.settings.max_upload_bytes:
-                    raise ResourceExhausted(f"upload exceeds kvd's limit of {self.settings.max_upload_bytes} bytes (kvd --max-upload-mb)")
+                    raise ResourceExhausted(f"upload exceeds kvd's limit of {self.settings.max_upload_bytes} bytes (--max-upload-mb)")
                 digest.update(chunk)
                 out.write(chunk)
                 if size >= next_report:

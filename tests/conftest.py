@@ -33,15 +33,22 @@ class Kvd:
     process: subprocess.Popen[bytes]
     port: int
     args: list[str] = field(default_factory=list)
+    client_options: dict = field(default_factory=dict)  # token / ca / cert / key for a protected kvd
+    metrics_port_file: Path | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        assert self.metrics_port_file is not None, "this kvd was started with its own --metrics-address"
+        return f"http://127.0.0.1:{int(self.metrics_port_file.read_text())}/metrics"
+
     def client(self, **kwargs):
         from kvserve.client import Client
 
-        return Client(self.address, **kwargs)
+        return Client(self.address, **{**self.client_options, **kwargs})
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -60,12 +67,20 @@ class Kvd:
         self.stop(signal.SIGKILL)
 
 
-def start_kvd(repository: Path, *extra: str, env: dict[str, str] | None = None, wait_ready: bool = True, timeout: float = 120) -> Kvd:
-    """Start kvd on a free port (port 0, read back from --port-file) and wait until it is live (and ready)."""
+def start_kvd(repository: Path, *extra: str, env: dict[str, str] | None = None, wait_ready: bool = True, timeout: float = 120,
+              client_options: dict | None = None) -> Kvd:
+    """Start kvd on a free port (port 0, read back from --port-file) and wait until it is live (and ready).
+
+    Metrics go to a free port too (``kvd.metrics_url``) unless ``extra`` names a --metrics-address.
+    """
     repository.mkdir(parents=True, exist_ok=True)
     port_file = repository.parent / f"{repository.name}.port"
     port_file.unlink(missing_ok=True)
     log_path = repository.parent / f"{repository.name}.kvd.log"
+    metrics_port_file = None
+    if "--metrics-address" not in extra:
+        metrics_port_file = repository.parent / f"{repository.name}.metrics-port"
+        extra = ("--metrics-address", "127.0.0.1:0", "--metrics-port-file", str(metrics_port_file), *extra)
     args = [sys.executable, "-m", "kvserve.server.main", "--repository", str(repository), "--address", "127.0.0.1:0",
             "--port-file", str(port_file), *extra]
     with open(log_path, "ab") as log:
@@ -76,7 +91,7 @@ def start_kvd(repository: Path, *extra: str, env: dict[str, str] | None = None, 
             process.kill()
             raise RuntimeError(f"kvd did not start:\n{log_path.read_text()}")
         time.sleep(0.05)
-    kvd = Kvd(repository, log_path, process, int(port_file.read_text()), list(extra))
+    kvd = Kvd(repository, log_path, process, int(port_file.read_text()), list(extra), dict(client_options or {}), metrics_port_file)
     if wait_ready:
         with kvd.client(timeout=5) as client:
             while not client.ready():

@@ -1,0 +1,138 @@
+"""TLS, mTLS and bearer tokens through kvd, kvctl and the Python client; the loopback-only default; role table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from opsutil import copy_model, make_certs
+
+from kvserve.server.auth import ADMIN, READ, load_tokens, role_needed
+from kvserve.server.security import check_exposure, is_loopback
+from kvserve.server.settings import Settings
+
+ADMIN_TOKEN = "admin-" + "a" * 32
+READ_TOKEN = "read-" + "b" * 32
+X = np.zeros((2, 8, 8, 1), np.float32)
+KVCTL = [sys.executable, "-m", "kvserve.client.cli"]
+
+
+def _code(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code(), caught.value.details()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> dict[str, Path]:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens"
+    path.write_text(f"# role token\nadmin {ADMIN_TOKEN}\n\nread  {READ_TOKEN}\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path, served_digits) -> Path:
+    copy_model(served_digits.repository, "digits", tmp_path / "repo")
+    return tmp_path / "repo"
+
+
+def test_role_table_defaults_to_admin():
+    assert role_needed("/inference.GRPCInferenceService/ModelInfer") == READ
+    assert role_needed("/grpc.health.v1.Health/Check") == READ
+    assert role_needed("/kvserve.v1.KvServe/Devices") == READ
+    for admin in ("Upload", "Delete", "Benchmark", "SomethingNew"):
+        assert role_needed(f"/kvserve.v1.KvServe/{admin}") == ADMIN
+    assert role_needed("/inference.GRPCInferenceService/RepositoryModelLoad") == ADMIN
+
+
+@pytest.mark.parametrize("text, message", [
+    ("admin short", "shorter than 16"), ("root " + "x" * 20, "ROLE read or admin"), ("admin", "ROLE TOKEN"), ("# nothing\n", "no tokens"),
+])
+def test_bad_token_files_are_refused(tmp_path, text, message):
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_tokens(path)
+
+
+def test_non_loopback_needs_protection_or_insecure():
+    assert is_loopback("127.0.0.1:8500") and is_loopback("[::1]:8500") and is_loopback("localhost:1")
+    assert not is_loopback("0.0.0.0:8500") and not is_loopback("[::]:8500")
+    with pytest.raises(ValueError, match="--insecure"):
+        check_exposure(Settings(address="0.0.0.0:8500"))
+    check_exposure(Settings(address="0.0.0.0:8500", insecure=True))
+    check_exposure(Settings(address="0.0.0.0:8500", auth_token_file=Path("t")))
+    check_exposure(Settings(address="0.0.0.0:8500", tls_cert=Path("c"), tls_key=Path("k")))
+
+
+def test_kvd_refuses_to_listen_openly(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "kvserve.server.main", "--repository", str(tmp_path / "r"),
+                             "--address", "0.0.0.0:0", "--metrics-address", ""], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0:0 without TLS or tokens" in result.stderr
+
+
+def test_tokens_and_roles(kvd_factory, repo, tokens):
+    kvd = kvd_factory(repo, "--auth-token-file", str(tokens), client_options={"token": READ_TOKEN})
+    with kvd.client(token=None) as anonymous:
+        code, message = _code(anonymous.ready)
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "KVSERVE_TOKEN" in message
+    with kvd.client(token="wrong-" + "c" * 30) as wrong:
+        code, message = _code(lambda: wrong.infer("digits", {"image": X}))
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "not valid" in message
+    with kvd.client() as reader:
+        assert reader.infer("digits", X)["probabilities"].shape == (2, 10)
+        assert reader.list_models() and reader.devices() and reader.describe("digits")["version"] == "1"
+        for admin_call in (lambda: reader.delete("digits"), lambda: reader.load("digits"), lambda: reader.unload("digits"),
+                           lambda: reader.upload(repo / "digits" / "1" / "manifest.json", name="x")):
+            code, message = _code(admin_call)
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "needs an admin token; this token has the read role" in message
+    with kvd.client(token=ADMIN_TOKEN) as admin:
+        admin.unload("digits")
+        admin.load("digits")
+        assert admin.model_ready("digits")
+    env = {**os.environ, "KVSERVE_TOKEN": READ_TOKEN}
+    result = subprocess.run([*KVCTL, "--server", kvd.address, "delete", "digits"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1 and "PERMISSION_DENIED" in result.stderr
+    result = subprocess.run([*KVCTL, "--server", kvd.address, "--token", ADMIN_TOKEN, "list", "--json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and '"digits"' in result.stdout
+
+
+def test_tls_with_token(kvd_factory, repo, tokens, certs):
+    kvd = kvd_factory(repo, "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
+                      "--auth-token-file", str(tokens), client_options={"ca": certs["ca.pem"], "token": ADMIN_TOKEN})
+    with kvd.client() as client:
+        assert client.infer("digits", X)["probabilities"].shape == (2, 10)
+    with kvd.client(ca=None, timeout=3) as plaintext:
+        code, _ = _code(plaintext.live)
+        assert code == grpc.StatusCode.UNAVAILABLE
+    env = {**os.environ, "KVSERVE_CA": str(certs["ca.pem"]), "KVSERVE_TOKEN": ADMIN_TOKEN}
+    result = subprocess.run([*KVCTL, "--server", kvd.address, "status"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0 and "ready=True" in result.stdout, result.stderr
+    assert "TLS, tokens" in kvd.log()
+
+
+def test_mutual_tls(kvd_factory, repo, certs):
+    client_cert = {"ca": certs["ca.pem"], "cert": certs["client.pem"], "key": certs["client.key"]}
+    kvd = kvd_factory(repo, "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
+                      "--tls-client-ca", str(certs["ca.pem"]), client_options=client_cert)
+    with kvd.client() as client:
+        assert client.infer("digits", X)["probabilities"].shape == (2, 10)
+    with kvd.client(cert=None, key=None, timeout=3) as no_cert:
+        code, _ = _code(no_cert.live)
+        assert code == grpc.StatusCode.UNAVAILABLE
+    result = subprocess.run([*KVCTL, "--server", kvd.address, "--ca", str(certs["ca.pem"]), "--cert", str(certs["client.pem"]),
+                             "--key", str(certs["client.key"]), "list"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "digits" in result.stdout, result.stderr
