@@ -73,15 +73,18 @@ def cli(ctx: click.Context, server: str, timeout: float, verbose: bool) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="model name (default: the file name without suffix)")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None, help="IR precision (default: the server's, fp16)")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="IR precision (default: the server's, fp16)")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path), help="int8: calibration inputs, a .npy batch or a folder of images")
+@click.option("--hint", "performance_hint", type=click.Choice(["latency", "throughput"], case_sensitive=False), default=None,
+              help="OpenVINO performance hint for this model (default: kvd's, throughput)")
 @click.option("--device", "devices", default="", help="device preference, e.g. CPU,TF (default: the server's)")
 @click.option("--force", is_flag=True, help="keep the model even if the parity check fails")
 @click.option("--sample", "samples", type=click.Path(exists=True, path_type=Path), help="parity inputs: a .npy batch or a folder of images")
 @click.option("--tolerance", type=float, default=0.0, help="parity: max relative difference allowed (default per precision)")
 @click.option("--json", "as_json", is_flag=True, help="print the stored manifest as JSON")
 @click.pass_obj
-def upload(state: State, path: Path, name: str | None, precision: str | None, devices: str, force: bool, samples: Path | None,
-           tolerance: float, as_json: bool) -> None:
+def upload(state: State, path: Path, name: str | None, precision: str | None, calibration: Path | None, performance_hint: str | None,
+           devices: str, force: bool, samples: Path | None, tolerance: float, as_json: bool) -> None:
     """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip, .tar.gz)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -99,7 +102,8 @@ def upload(state: State, path: Path, name: str | None, precision: str | None, de
 
         manifest = state.client.upload(path, name=name, precision=precision or "", force=force,
                                        devices=[d for d in devices.split(",") if d], progress=on_event, timeout=None,
-                                       samples=samples, tolerance=tolerance)
+                                       samples=samples, tolerance=tolerance, calibration=calibration,
+                                       performance_hint=performance_hint or "")
     if as_json:
         print_json(manifest)
         return
@@ -107,6 +111,8 @@ def upload(state: State, path: Path, name: str | None, precision: str | None, de
     _console().print(f"[green]ready[/] {manifest['name']} version {manifest['version']} on {served.get('backend', '?')} "
                      f"({manifest['precision']}): {served.get('reason', '')}")
     _console().print(f"parity: {_parity_line(manifest.get('parity'), manifest.get('conversion_error'))}")
+    for warning in manifest.get("warnings") or []:
+        _console(stderr=True).print(f"[bold yellow]{warning}[/]", soft_wrap=True)
 
 
 @cli.command()
@@ -244,6 +250,11 @@ def plugins(state: State, as_json: bool) -> None:
     else:
         _table(["plugin", "version", "hooks", "note"],
                [[p["name"], p["version"], ", ".join(p["hooks"]), "built-in" if p["builtin"] else (f"failed: {p['error']}" if p["error"] else "")] for p in found])
+
+
+from kvserve.client.benchmark_cli import benchmark  # noqa: E402 - its own module; registered here
+
+cli.add_command(benchmark)
 
 
 def _run(entry: Callable[..., Any]) -> int:

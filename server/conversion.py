@@ -6,99 +6,21 @@ its stderr goes to ``convert.log`` in the staging directory and a tail of it to 
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
-from kvserve.server.errors import FailedPrecondition, Internal, InvalidArgument, KvError, ResourceExhausted
+from kvserve.server.child import ChildJob, run_child
 
-log = logging.getLogger("kvserve.server.conversion")
-
-KINDS: dict[str, type[KvError]] = {
-    "invalid_argument": InvalidArgument,
-    "failed_precondition": FailedPrecondition,
-    "resource_exhausted": ResourceExhausted,
-    "internal": Internal,
-}
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+CONVERSION = ChildJob(
+    module="kvserve.server.convert_child",
+    noun="conversion",
+    worker="converter process",
+    lost="the upload was discarded",
+    timeout_hint="raise kvd --conversion-timeout for very large models",
+    log_name="convert.log",
+)
 
 
 def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float) -> Iterator[dict[str, Any]]:
     """Yield the child's stage events; the last item yielded is its result dict (key ``result``)."""
-    job_path = workdir / "job.json"
-    job_path.write_text(json.dumps(job))
-    log_path = workdir / "convert.log"
-    with open(log_path, "wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "kvserve.server.convert_child", str(job_path)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            env=_child_env(),
-            start_new_session=True,
-        )
-    timed_out = threading.Event()
-
-    def on_timeout() -> None:
-        timed_out.set()
-        _kill(child)
-
-    timer = threading.Timer(timeout_s, on_timeout)
-    timer.daemon = True
-    timer.start()
-    final: dict[str, Any] | None = None
-    try:
-        assert child.stdout is not None
-        for line in child.stdout:
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "ok" in message:
-                final = message
-            else:
-                yield message
-        returncode = child.wait()
-    finally:
-        timer.cancel()
-        if child.poll() is None:  # the caller went away (client cancelled): do not leave the child running
-            _kill(child)
-    if timed_out.is_set():
-        raise ResourceExhausted(f"conversion took longer than {timeout_s:.0f} s and was stopped; raise kvd --conversion-timeout for very large models")
-    if final is None:
-        tail = _tail(log_path)
-        log.error("converter child exited with %s; last output:\n%s", returncode, tail)
-        cause = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
-        raise Internal(f"the converter process died ({cause}) before finishing; the upload was discarded and kvd keeps serving")
-    if not final["ok"]:
-        if final["kind"] == "internal":
-            log.error("converter failed: %s\n%s", final["message"], _tail(log_path))
-        raise KINDS.get(final["kind"], Internal)(final["message"])
-    yield {"result": final["result"]}
-
-
-def _kill(child: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+    return run_child(CONVERSION, job, workdir, timeout_s)

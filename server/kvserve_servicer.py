@@ -1,4 +1,5 @@
-"""``kvserve.v1.KvServe``: what the v2 protocol lacks (streamed upload, delete, describe, devices, plugins)."""
+"""``kvserve.v1.KvServe``: what the v2 protocol lacks (streamed upload, delete, describe, devices, plugins,
+benchmark)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from kvserve.plugins import safe
 from kvserve.plugins.manager import Plugins
 from kvserve.proto import kvserve_service_pb2 as kv
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
+from kvserve.server.benchmarks import Benchmarks, BenchmarkSpec
 from kvserve.server.errors import InvalidArgument, NotFound
 from kvserve.server.models import ModelManager
 from kvserve.server.repository import parse_version
@@ -25,10 +27,11 @@ def _chunks(requests: Iterator[kv.UploadRequest], context: grpc.ServicerContext)
 
 
 class KvServeServicer(kv_grpc.KvServeServicer):
-    def __init__(self, manager: ModelManager, uploads: UploadPipeline, plugins: Plugins) -> None:
+    def __init__(self, manager: ModelManager, uploads: UploadPipeline, plugins: Plugins, benchmarks: Benchmarks | None = None) -> None:
         self.manager = manager
         self.uploads = uploads
         self.plugins = plugins
+        self.benchmarks = benchmarks or Benchmarks(manager)
 
     def Upload(self, request_iterator: Iterator[kv.UploadRequest], context: grpc.ServicerContext) -> Iterator[kv.UploadEvent]:
         first = next(request_iterator, None)
@@ -39,7 +42,9 @@ class KvServeServicer(kv_grpc.KvServeServicer):
                           precision=header.precision.lower(), devices=list(header.devices), sha256=header.sha256,
                           force=header.options.get("force", "").lower() in {"1", "true", "yes"},
                           samples_npy=header.samples_npy, sample_images=list(header.sample_images),
-                          parity_tolerance=header.parity_tolerance)
+                          parity_tolerance=header.parity_tolerance, calibration_npy=header.calibration_npy,
+                          calibration_images=list(header.calibration_images),
+                          performance_hint=header.options.get("performance_hint", ""))
         for event in self.uploads.run(spec, _chunks(request_iterator, context)):
             manifest: dict[str, Any] | None = event.get("manifest")
             yield kv.UploadEvent(
@@ -86,3 +91,17 @@ class KvServeServicer(kv_grpc.KvServeServicer):
         for row in self.plugins.describe():
             response.plugins.add(**row)
         return response
+
+    def Benchmark(self, request: kv.BenchmarkRequest, context: grpc.ServicerContext) -> Iterator[kv.BenchmarkEvent]:
+        spec = BenchmarkSpec(name=request.name, version=request.version, iterations=request.iterations, warmup=request.warmup,
+                             backends=list(request.backends), precisions=list(request.precisions),
+                             sample_npy=request.sample_npy, batch=request.batch, seed=request.seed)
+        for event in self.benchmarks.run(spec):
+            stage = kv.BenchmarkEvent.Stage.Value(event["stage"].upper())
+            if stage == kv.BenchmarkEvent.DONE:
+                yield kv.BenchmarkEvent(stage=stage, name=event["name"], version=event["version"], input=event["input"],
+                                        results=[kv.BenchmarkResult(**row) for row in event["results"]])
+            elif stage == kv.BenchmarkEvent.RESULT:
+                yield kv.BenchmarkEvent(stage=stage, result=kv.BenchmarkResult(**event["result"]))
+            else:
+                yield kv.BenchmarkEvent(stage=stage, message=event.get("message", ""))

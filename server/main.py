@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from kvserve.server.settings import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, PRECISIONS, Settings, default_repository
+from kvserve.server.settings import PERFORMANCE_HINTS
 from kvserve.server.version import SERVER_VERSION
 
 
@@ -26,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
     parser.add_argument("--devices", default="CPU,TF", help="default device preference for uploads")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="default IR precision for uploads")
+    parser.add_argument("--performance-hint", type=str.upper, choices=PERFORMANCE_HINTS, default="",
+                        help="OpenVINO hint for models that set none at upload: THROUGHPUT (the default: concurrent clients) or LATENCY (one at a time)")
     parser.add_argument("--conversion-timeout", type=float, default=900.0, help="seconds a conversion may take")
     parser.add_argument("--grace-seconds", type=float, default=10.0, help="how long in-flight calls may finish at shutdown")
     parser.add_argument("--allow-unsafe-deserialization", action="store_true",
@@ -42,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         default_devices=tuple(d.strip().upper() for d in args.devices.split(",") if d.strip()),
         default_precision=args.precision,
         conversion_timeout_s=args.conversion_timeout,
+        performance_hint=args.performance_hint,
         grace_seconds=args.grace_seconds,
         allow_unsafe_deserialization=args.allow_unsafe_deserialization,
     ), args.log_level

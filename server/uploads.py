@@ -20,7 +20,7 @@ from kvserve.server.conversion import run_conversion
 from kvserve.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from kvserve.server.models import READY, ModelManager, ModelVersion
 from kvserve.server.repository import Repository, validate_name
-from kvserve.server.settings import PRECISIONS, Settings
+from kvserve.server.settings import PERFORMANCE_HINTS, PRECISIONS, Settings
 
 log = logging.getLogger("kvserve.server.uploads")
 
@@ -40,6 +40,26 @@ class UploadSpec:
     samples_npy: bytes = b""
     sample_images: list[bytes] = field(default_factory=list)
     parity_tolerance: float = 0.0
+    calibration_npy: bytes = b""
+    calibration_images: list[bytes] = field(default_factory=list)
+    performance_hint: str = ""
+
+
+def _stage_inputs(folder: Path, keys: tuple[str, str], npy: bytes, images: list[bytes]) -> dict[str, Any]:
+    """User-given inputs (parity samples, calibration data) go to files the converter child reads; returns
+    the job entry naming them: ``{keys[0]: the .npy path}`` or ``{keys[1]: [image paths]}``."""
+    if not npy and not images:
+        return {}
+    folder.mkdir()
+    if npy:
+        (folder / "inputs.npy").write_bytes(npy)
+        return {keys[0]: str(folder / "inputs.npy")}
+    paths = []
+    for index, data in enumerate(images):
+        path = folder / f"image-{index:04d}"
+        path.write_bytes(data)
+        paths.append(str(path))
+    return {keys[1]: paths}
 
 
 def _suffix(filename: str) -> str:
@@ -62,6 +82,11 @@ class UploadPipeline:
         unknown = [d for d in spec.devices if d not in self.manager.backends]
         if unknown:
             raise InvalidArgument(f"unknown device {', '.join(unknown)}; devices: {', '.join(self.manager.backends)}")
+        if (spec.calibration_npy or spec.calibration_images) and spec.precision != "int8":
+            raise InvalidArgument(f"calibration data is only used by --precision int8, not {spec.precision}; drop it or ask for int8")
+        spec.performance_hint = spec.performance_hint.upper()
+        if spec.performance_hint and spec.performance_hint not in PERFORMANCE_HINTS:
+            raise InvalidArgument(f"unknown performance hint '{spec.performance_hint}'; use one of {', '.join(PERFORMANCE_HINTS)}")
         if spec.parity_tolerance < 0:
             raise InvalidArgument("parity tolerance must be positive (a max relative difference, e.g. 0.01)")
         if spec.size < 0 or spec.size > self.settings.max_upload_bytes:
@@ -85,7 +110,10 @@ class UploadPipeline:
                 model_source = formats.extract_savedmodel(source, staging / "savedmodel", self.settings.max_upload_bytes * 4)
             job = {"source": str(model_source), "format": fmt, "out_dir": str(staging), "precision": spec.precision,
                    "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": "TF" in spec.devices,
-                   "tolerance": spec.parity_tolerance or None, **self._stage_samples(spec, staging)}
+                   "tolerance": spec.parity_tolerance or None,
+                   **_stage_inputs(staging / "samples", ("samples_npy", "sample_images"), spec.samples_npy, spec.sample_images),
+                   **_stage_inputs(staging / "calibration", ("calibration_npy", "calibration_images"), spec.calibration_npy,
+                                   spec.calibration_images)}
             result: dict[str, Any] = {}
             for event in run_conversion(job, staging, self.settings.conversion_timeout_s):
                 if "result" in event:
@@ -124,23 +152,6 @@ class UploadPipeline:
             if not published:
                 shutil.rmtree(staging, ignore_errors=True)
 
-    @staticmethod
-    def _stage_samples(spec: UploadSpec, staging: Path) -> dict[str, Any]:
-        """User-given parity inputs go to files the converter child reads."""
-        if not spec.samples_npy and not spec.sample_images:
-            return {}
-        folder = staging / "samples"
-        folder.mkdir()
-        if spec.samples_npy:
-            (folder / "samples.npy").write_bytes(spec.samples_npy)
-            return {"samples_npy": str(folder / "samples.npy")}
-        paths = []
-        for index, data in enumerate(spec.sample_images):
-            path = folder / f"image-{index:04d}"
-            path.write_bytes(data)
-            paths.append(str(path))
-        return {"sample_images": paths}
-
     def _receive(self, spec: UploadSpec, chunks: Iterable[bytes], target: Path) -> Iterator[dict[str, Any]]:
         digest = hashlib.sha256()
         size = 0
@@ -178,5 +189,8 @@ class UploadPipeline:
             "converter": result["converter"],
             "parity": result["parity"],
             "conversion_error": result.get("conversion_error"),
+            "quantization": result.get("quantization"),
+            "warnings": result.get("warnings", []),
+            "performance_hint": spec.performance_hint or None,
             "timings": {**timings, **result["timings"]},
         }

@@ -61,7 +61,7 @@ class OpenVINORunner:
 class OpenVINOBackend:
     """An OpenVINO device as a kvserve backend. ``device`` is what OpenVINO is asked for."""
 
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
 
     def __init__(self, name: str, device: str | None = None) -> None:
         self.name = name

@@ -1,0 +1,158 @@
+"""Runs one job in a child Python process and relays its progress; both sides of that protocol live here.
+
+Work that needs TensorFlow (conversion, benchmarks) runs in a child, so the daemon never imports it and a
+crash, hang or OOM there fails that one job, never the daemon. Protocol: one JSON object per line on the
+child's original stdout (library prints go to stderr, which is the job's log file): progress events while it
+works, then ``{"ok": true, "result": {...}}`` or ``{"ok": false, "kind": ..., "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TextIO
+
+from kvserve.server.errors import FailedPrecondition, Internal, InvalidArgument, KvError, NotFound, ResourceExhausted
+
+log = logging.getLogger("kvserve.server.child")
+
+KINDS: dict[str, type[KvError]] = {
+    "invalid_argument": InvalidArgument,
+    "not_found": NotFound,
+    "failed_precondition": FailedPrecondition,
+    "resource_exhausted": ResourceExhausted,
+    "internal": Internal,
+}
+
+
+@dataclass(frozen=True)
+class ChildJob:
+    """What to run, and how to word its failures: ``noun`` names the job, ``worker`` the process, ``lost`` what
+    a crash costs the user, ``timeout_hint`` what to do about a timeout."""
+
+    module: str
+    noun: str
+    worker: str
+    lost: str
+    timeout_hint: str
+    log_name: str
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_child(kind: ChildJob, job: dict[str, Any], workdir: Path, timeout_s: float) -> Iterator[dict[str, Any]]:
+    """Yield the child's progress events; the last item yielded is its result (key ``result``).
+
+    The child is killed (its whole process group) on timeout and when the caller stops iterating early,
+    e.g. because the gRPC client went away.
+    """
+    job_path = workdir / "job.json"
+    job_path.write_text(json.dumps(job))
+    log_path = workdir / kind.log_name
+    with open(log_path, "wb") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-m", kind.module, str(job_path)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            env=_child_env(),
+            start_new_session=True,
+        )
+    timed_out = threading.Event()
+
+    def on_timeout() -> None:
+        timed_out.set()
+        _kill(child)
+
+    timer = threading.Timer(timeout_s, on_timeout)
+    timer.daemon = True
+    timer.start()
+    final: dict[str, Any] | None = None
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "ok" in message:
+                final = message
+            else:
+                yield message
+        returncode = child.wait()
+    finally:
+        timer.cancel()
+        if child.poll() is None:  # the caller went away (client cancelled): do not leave the child running
+            _kill(child)
+            child.wait()
+    if timed_out.is_set():
+        raise ResourceExhausted(f"{kind.noun} took longer than {timeout_s:.0f} s and was stopped; {kind.timeout_hint}")
+    if final is None:
+        tail = _tail(log_path)
+        log.error("%s exited with %s; last output:\n%s", kind.worker, returncode, tail)
+        cause = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+        raise Internal(f"the {kind.worker} died ({cause}) before finishing; {kind.lost} and kvd keeps serving")
+    if not final["ok"]:
+        if final["kind"] == "internal":
+            log.error("%s failed: %s\n%s", kind.worker, final["message"], _tail(log_path))
+        raise KINDS.get(final["kind"], Internal)(final["message"])
+    yield {"result": final["result"]}
+
+
+def _kill(child: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# --- the child's side -------------------------------------------------------------------------------------
+def emit(channel: TextIO, payload: dict[str, Any]) -> None:
+    """Send one protocol message to the parent."""
+    channel.write(json.dumps(payload) + "\n")
+    channel.flush()
+
+
+def child_main(run: Callable[[dict[str, Any], TextIO], dict[str, Any]],
+               errors: Sequence[tuple[type[BaseException], str]], worker: str) -> int:
+    """The body of a child's ``main``: read the job, run it, report the result or a classified error.
+
+    ``errors`` maps exception types (checked in order) to protocol kinds; anything else is ``internal``, with
+    its traceback in the job's log.
+    """
+    channel = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything a library prints goes to the log, not into the protocol
+    job = json.loads(Path(sys.argv[1]).read_text())
+    try:
+        emit(channel, {"ok": True, "result": run(job, channel)})
+    except MemoryError:
+        emit(channel, {"ok": False, "kind": "resource_exhausted", "message": f"the {worker} ran out of memory"})
+    except Exception as error:  # noqa: BLE001 - reported to the parent, traceback to stderr (the job's log)
+        kind = next((k for t, k in errors if isinstance(error, t)), None)
+        if kind is not None:
+            emit(channel, {"ok": False, "kind": kind, "message": str(error)})
+        else:
+            traceback.print_exc()
+            emit(channel, {"ok": False, "kind": "internal", "message": f"{worker} failed: {type(error).__name__}: {error}"})
+    return 0
