@@ -1,6 +1,7 @@
 """The one place where v2 protocol tensors become numpy arrays and back, for the server and the client.
 
-Raw contents are taken zero-copy (``np.frombuffer`` over the request bytes). Every mismatch between what a
+Raw contents are taken zero-copy (``np.frombuffer`` over the request bytes; ``kvserve.proto.wire`` keeps
+protobuf from copying them first). Every mismatch between what a
 tensor declares and what it carries raises ``TensorError`` with a message that says what was expected.
 """
 
@@ -169,14 +170,17 @@ def decode_request_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray
 
 
 def encode_response_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray]) -> None:
-    """Append outputs to a response as raw contents (one copy: numpy -> bytes)."""
+    """Append outputs to a response as raw contents.
+
+    A ``kvserve.proto.wire.InferResponseView`` (a plain list of raw contents) takes the arrays themselves and
+    copies them once, when it is serialized; a protobuf message needs ``bytes``.
+    """
     for name, array in outputs.items():
         datatype = datatype_of(array)
         response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        if datatype == "BYTES":
-            response.raw_output_contents.append(serialize_bytes(array))
-        else:
-            response.raw_output_contents.append(np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes())
+        payload = serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array, dtype=DATATYPES[datatype])
+        raw = response.raw_output_contents
+        raw.append(payload if isinstance(raw, list) else bytes(payload))
 
 
 def decode_response_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:

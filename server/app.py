@@ -14,6 +14,7 @@ from kvserve.plugins.manager import Plugins, load_plugins
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
 from kvserve.server.dataplane import DataPlane
+from kvserve.server.infer_codec import InferCodecInterceptor
 from kvserve.server.inference_servicer import InferenceServicer
 from kvserve.server.interceptors import ErrorInterceptor
 from kvserve.server.kvserve_servicer import KvServeServicer
@@ -52,7 +53,7 @@ def build(settings: Settings) -> Daemon:
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvd-rpc"),
-                         interceptors=[ErrorInterceptor()], options=options)
+                         interceptors=[ErrorInterceptor(), InferCodecInterceptor()], options=options)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(manager, DataPlane(manager), settings), server)
     kv_grpc.add_KvServeServicer_to_server(KvServeServicer(manager, UploadPipeline(repository, manager, settings), plugins), server)
     port = server.add_insecure_port(settings.address)

@@ -1,0 +1,358 @@
+"""Served vs in-process, side by side in one run on the same IR: ``make bench`` (``python bench/serving.py``).
+
+InceptionV3 (``weights=None``: nothing is downloaded) at batch 1. One kvd on a fresh repository serves it at
+the default precision and as INT8 (calibrated on crops of scikit-learn's two bundled photos); this process
+then measures, alternating so drift on a shared machine hits both sides alike:
+  - in-process OpenVINO on the very IR file kvd serves, compiled with kvd's config: p50 of synchronous calls
+    on one infer request, and throughput through an AsyncInferQueue of the optimal number of requests;
+  - kvd over gRPC at concurrency 1..4 from client threads that send pre-serialized ModelInfer bytes (no
+    protobuf work per call, raw tensor bytes), so the client stays light on the 2 shared cores;
+  - Keras ``predict`` and the INT8 rows through kvd's own Benchmark RPC (measured in kvd's child process);
+  - kvd restart-to-ready with the model in the repository (compiled-model cache);
+  - kvd's RSS after 1,000 and 10,000 inferences (the digits CNN, so the loop takes seconds, not minutes).
+Prints every figure and the ratios against the targets; writes bench/results/serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "examples"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+CALIBRATION_SAMPLES = 64
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- models and data (built once, kept in bench/results/) -------------------------------------------------
+def build_models(workdir: Path) -> dict[str, Path]:
+    """InceptionV3 (random weights, seed 0) and the digits CNN as .h5, plus INT8 calibration data as .npy."""
+    paths = {"inception": workdir / "inception_v3.h5", "digits": workdir / "digits.h5", "calibration": workdir / "calibration.npy"}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    import keras
+
+    import digits
+
+    log("building InceptionV3 (weights=None) and the digits CNN ...")
+    keras.utils.set_random_seed(0)
+    keras.applications.InceptionV3(weights=None).save(paths["inception"])
+    model, _, _ = digits.train()
+    model.save(paths["digits"])
+    np.save(paths["calibration"], calibration_images(CALIBRATION_SAMPLES))
+    return paths
+
+
+def calibration_images(count: int, size: int = 299, seed: int = 0) -> np.ndarray:
+    """Random crops of scikit-learn's two bundled photos, resized and scaled to [-1, 1] as InceptionV3 expects."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    crops = []
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        side = int(rng.integers(160, min(photo.shape[:2]) + 1))
+        top = int(rng.integers(0, photo.shape[0] - side + 1))
+        left = int(rng.integers(0, photo.shape[1] - side + 1))
+        crop = Image.fromarray(photo[top : top + side, left : left + side]).resize((size, size), Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        crops.append(np.asarray(crop, dtype=np.float32) / 127.5 - 1.0)
+    return np.stack(crops)
+
+
+# --- kvd -----------------------------------------------------------------------------------------------
+@dataclass
+class Kvd:
+    process: subprocess.Popen[bytes]
+    address: str
+    ready_s: float
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_kvd(repository: Path, log_path: Path, *extra: str) -> Kvd:
+    """Start kvd on 127.0.0.1 and a free port; returns once it is ready, with the seconds that took."""
+    from kvserve.client import Client
+
+    port_file = repository.parent / "kvd.port"
+    port_file.unlink(missing_ok=True)
+    started = time.perf_counter()
+    with open(log_path, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "kvserve.server.main", "--repository", str(repository),
+                                    "--address", "127.0.0.1:0", "--port-file", str(port_file), *extra],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    while not port_file.exists():
+        if process.poll() is not None or time.perf_counter() - started > 120:
+            raise RuntimeError(f"kvd did not start; see {log_path}")
+        time.sleep(0.005)
+    address = f"127.0.0.1:{port_file.read_text().strip()}"
+    with Client(address, timeout=5) as client:
+        while not client.ready():
+            time.sleep(0.005)
+    return Kvd(process, address, time.perf_counter() - started)
+
+
+# --- measuring -------------------------------------------------------------------------------------------
+def p50_ms(seconds: list[float]) -> float:
+    return statistics.median(seconds) * 1000
+
+
+def timed_calls(call: Callable[[], Any], duration_s: float, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        call()
+    spent: list[float] = []
+    deadline = time.perf_counter() + duration_s
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        call()
+        spent.append(time.perf_counter() - started)
+    return spent
+
+
+def in_process(xml: Path, cache_dir: Path, feeds: dict[str, np.ndarray], duration_s: float) -> dict[str, float]:
+    """OpenVINO on the IR kvd serves, compiled as kvd compiles it (THROUGHPUT hint, the repository's cache)."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "CACHE_DIR": str(cache_dir)})
+    request = compiled.create_infer_request()
+    latency = timed_calls(lambda: request.infer(feeds, share_inputs=True), duration_s)
+    nireq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    queue = ov.AsyncInferQueue(compiled, nireq)
+    for _ in range(2 * nireq):
+        queue.start_async(feeds, share_inputs=True)
+    queue.wait_all()
+    count = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration_s:
+        queue.start_async(feeds, share_inputs=True)
+        count += 1
+    queue.wait_all()
+    fps = count / (time.perf_counter() - started)
+    return {"p50_ms": p50_ms(latency), "avg_ms": statistics.fmean(latency) * 1000, "fps": fps, "nireq": nireq, "calls": len(latency)}
+
+
+def served(address: str, payload: bytes, concurrency: int, duration_s: float) -> dict[str, float]:
+    """``concurrency`` threads, each sending the same pre-serialized ModelInfer request back to back."""
+    import grpc
+
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    with grpc.insecure_channel(address, options=options) as channel:
+        infer = channel.unary_unary(INFER_METHOD)  # bytes in, bytes out: no protobuf work
+        for _ in range(3 * concurrency):
+            infer(payload, timeout=60)
+        per_thread: list[list[float]] = [[] for _ in range(concurrency)]
+        barrier = threading.Barrier(concurrency + 1)
+        stop_at = [0.0]
+
+        def worker(spent: list[float]) -> None:
+            barrier.wait()
+            while True:
+                started = time.perf_counter()
+                if started >= stop_at[0]:
+                    return
+                infer(payload, timeout=60)
+                spent.append(time.perf_counter() - started)
+
+        threads = [threading.Thread(target=worker, args=(s,)) for s in per_thread]
+        for thread in threads:
+            thread.start()
+        started = time.perf_counter()
+        stop_at[0] = started + duration_s
+        barrier.wait()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+    spent = [s for thread in per_thread for s in thread]
+    return {"concurrency": concurrency, "p50_ms": p50_ms(spent), "avg_ms": statistics.fmean(spent) * 1000, "fps": len(spent) / elapsed, "calls": len(spent)}
+
+
+def rss_growth(kvd: Kvd, payload: bytes, first: int = 1_000, total: int = 10_000) -> dict[str, float]:
+    import grpc
+
+    with grpc.insecure_channel(kvd.address) as channel:
+        infer = channel.unary_unary(INFER_METHOD)
+        for _ in range(first):
+            infer(payload, timeout=60)
+        after_first = kvd.rss_bytes()
+        for _ in range(total - first):
+            infer(payload, timeout=60)
+        after_total = kvd.rss_bytes()
+    return {"rss_after_first_mb": after_first / 2**20, "rss_after_total_mb": after_total / 2**20,
+            "growth": after_total / after_first - 1, "first": first, "total": total}
+
+
+def infer_payload(model: str, feeds: dict[str, np.ndarray]) -> bytes:
+    from kvserve.proto.tensors import build_infer_request
+
+    return build_infer_request(model, feeds).SerializeToString()
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each timed phase")
+    parser.add_argument("--keep", action="store_true", help="keep the repository in bench/results/ afterwards")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    paths = build_models(RESULTS)
+    repository = RESULTS / "repo"
+    if repository.exists():
+        import shutil
+
+        shutil.rmtree(repository)
+    kvd_log = RESULTS / "kvd.log"
+    kvd_log.unlink(missing_ok=True)
+    figures: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
+                               "cores": os.cpu_count(), "command": "make bench", "seconds_per_phase": args.seconds}
+    from kvserve.client import Client
+
+    kvd = start_kvd(repository, kvd_log)
+    try:
+        with Client(kvd.address, timeout=None) as client:
+            log("uploading InceptionV3 (default precision) ...")
+            default = client.upload(paths["inception"], name="inception")
+            log("uploading InceptionV3 as INT8, calibrated on 64 photo crops ...")
+            int8 = client.upload(paths["inception"], name="inception-int8", precision="int8", calibration=paths["calibration"])
+            client.upload(paths["digits"], name="digits")
+        figures["int8_parity"] = {k: int8["parity"][k] for k in ("top1_agreement", "max_rel_diff", "samples", "inputs")}
+        figures["default_precision"] = default["precision"]
+        kvd.stop()
+        restarts = []
+        for _ in range(3):
+            kvd = start_kvd(repository, kvd_log)
+            restarts.append(kvd.ready_s)
+            if len(restarts) < 3:
+                kvd.stop()
+        figures["restart_to_ready_s"] = restarts
+        log(f"restart to ready: {', '.join(f'{s:.2f}' for s in restarts)} s")
+
+        with Client(kvd.address) as client:
+            meta = client.metadata("inception")
+        name = meta["inputs"][0]["name"]
+        image = np.random.default_rng(0).random((1, 299, 299, 3), dtype=np.float32)
+        feeds = {name: image}
+        xml = repository / "inception" / "1" / default["ir"]["xml"]
+        xml8 = repository / "inception-int8" / "1" / int8["ir"]["xml"]
+        payload = infer_payload("inception", feeds)
+        payload8 = infer_payload("inception-int8", feeds)
+
+        rounds = []
+        for round_index in range(2):
+            log(f"round {round_index + 1}: in-process OpenVINO, then kvd at concurrency 1..4 ...")
+            local = in_process(xml, repository / ".cache", feeds, args.seconds)
+            remote = [served(kvd.address, payload, c, args.seconds) for c in (1, 2, 3, 4)]
+            rounds.append({"in_process": local, "served": remote})
+        figures["rounds"] = rounds
+        log("INT8: in-process and served ...")
+        figures["int8_in_process"] = in_process(xml8, repository / ".cache", feeds, args.seconds)
+        figures["int8_served"] = [served(kvd.address, payload8, c, args.seconds) for c in (1, 2)]
+        log("Keras predict through kvd's Benchmark RPC ...")
+        with Client(kvd.address, timeout=None) as client:
+            report = client.benchmark("inception", iterations=20, backends=["keras"])
+        figures["keras"] = report["results"][0]
+        log("RSS over 10,000 digits inferences ...")
+        digits_payload = infer_payload("digits", {"image": np.random.default_rng(0).random((1, 8, 8, 1), dtype=np.float32)})
+        figures["rss"] = rss_growth(kvd, digits_payload)
+    finally:
+        kvd.stop()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(repository, ignore_errors=True)
+    figures["summary"] = summarize(figures)
+    (RESULTS / "serving.json").write_text(json.dumps(figures, indent=2))
+    print_report(figures)
+    return 0
+
+
+def summarize(f: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target: the figure, the goal, met or not."""
+    local_fps = statistics.fmean(r["in_process"]["fps"] for r in f["rounds"])
+    local_p50 = statistics.fmean(r["in_process"]["p50_ms"] for r in f["rounds"])
+    best_served = max(statistics.fmean(r["served"][i]["fps"] for r in f["rounds"]) for i in range(4))
+    served_p50_c1 = statistics.fmean(r["served"][0]["p50_ms"] for r in f["rounds"])
+    keras_fps = 1.0 / f["keras"]["avg_s"]
+    int8_served = max(s["fps"] for s in f["int8_served"])
+    agreement = f["int8_parity"]["top1_agreement"]
+    rss = f["rss"]
+    return [
+        {"target": "served throughput / in-process throughput", "value": best_served / local_fps, "goal": ">= 0.90",
+         "met": best_served / local_fps >= 0.90, "detail": f"{best_served:.1f} vs {local_fps:.1f} inferences/s"},
+        {"target": "served p50 at concurrency 1 - in-process p50", "value": served_p50_c1 - local_p50, "goal": "<= 1.0 ms",
+         "met": served_p50_c1 - local_p50 <= 1.0, "detail": f"{served_p50_c1:.2f} vs {local_p50:.2f} ms"},
+        {"target": f"served ({f['default_precision']}) throughput / Keras predict", "value": best_served / keras_fps, "goal": ">= 8x",
+         "met": best_served / keras_fps >= 8, "detail": f"{best_served:.1f} vs {keras_fps:.2f} inferences/s (Keras avg {f['keras']['avg_s'] * 1000:.0f} ms)"},
+        {"target": "served INT8 throughput / Keras predict", "value": int8_served / keras_fps, "goal": ">= 12x",
+         "met": int8_served / keras_fps >= 12, "detail": f"{int8_served:.1f} vs {keras_fps:.2f} inferences/s"},
+        {"target": "INT8 top-1 agreement with FP32 on the calibration set", "value": agreement, "goal": ">= 0.99",
+         "met": agreement is not None and agreement >= 0.99, "detail": f"{f['int8_parity']['samples']} samples, max rel diff {f['int8_parity']['max_rel_diff']:.3g}"},
+        {"target": "kvd restart to ready (InceptionV3 in the repository)", "value": max(f["restart_to_ready_s"]), "goal": "< 2 s",
+         "met": max(f["restart_to_ready_s"]) < 2.0, "detail": ", ".join(f"{s:.2f}" for s in f["restart_to_ready_s"]) + " s"},
+        {"target": "RSS growth from 1,000 to 10,000 inferences (digits CNN)", "value": rss["growth"], "goal": "<= 5%",
+         "met": abs(rss["growth"]) <= 0.05, "detail": f"{rss['rss_after_first_mb']:.1f} -> {rss['rss_after_total_mb']:.1f} MiB"},
+    ]
+
+
+def print_report(f: dict[str, Any]) -> None:
+    print(f"\nkvserve serving benchmark, {f['date']}, {f['cpu']} ({f['cores']} cores), {f['seconds_per_phase']:.0f} s per phase")
+    for index, r in enumerate(f["rounds"], 1):
+        local = r["in_process"]
+        print(f"round {index}: in-process p50 {local['p50_ms']:.2f} ms, {local['fps']:.1f}/s ({local['nireq']} requests)")
+        for s in r["served"]:
+            print(f"         served c={s['concurrency']}: p50 {s['p50_ms']:.2f} ms, {s['fps']:.1f}/s")
+    i8 = f["int8_in_process"]
+    print(f"INT8: in-process p50 {i8['p50_ms']:.2f} ms, {i8['fps']:.1f}/s; served " +
+          ", ".join(f"c={s['concurrency']} p50 {s['p50_ms']:.2f} ms {s['fps']:.1f}/s" for s in f["int8_served"]))
+    print(f"Keras predict: avg {f['keras']['avg_s'] * 1000:.1f} ms, p50 {f['keras']['p50_s'] * 1000:.1f} ms")
+    print("\ntarget                                                        value      goal       result")
+    for row in f["summary"]:
+        value = f"{row['value']:.3f}" if isinstance(row["value"], float) else str(row["value"])
+        print(f"{row['target']:<62}{value:<11}{row['goal']:<11}{'met' if row['met'] else 'MISSED'}  ({row['detail']})")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
