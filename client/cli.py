@@ -104,6 +104,8 @@ def upload(state: State, path: Path, name: str | None, precision: str | None, ca
                                        devices=[d for d in devices.split(",") if d], progress=on_event, timeout=None,
                                        samples=samples, tolerance=tolerance, calibration=calibration,
                                        performance_hint=performance_hint or "")
+    for warning in manifest.get("warnings") or []:  # on stderr, so --json output stays clean
+        _console(stderr=True).print(f"[bold yellow]{warning}[/]", soft_wrap=True)
     if as_json:
         print_json(manifest)
         return
@@ -111,8 +113,6 @@ def upload(state: State, path: Path, name: str | None, precision: str | None, ca
     _console().print(f"[green]ready[/] {manifest['name']} version {manifest['version']} on {served.get('backend', '?')} "
                      f"({manifest['precision']}): {served.get('reason', '')}")
     _console().print(f"parity: {_parity_line(manifest.get('parity'), manifest.get('conversion_error'))}")
-    for warning in manifest.get("warnings") or []:
-        _console(stderr=True).print(f"[bold yellow]{warning}[/]", soft_wrap=True)
 
 
 @cli.command()

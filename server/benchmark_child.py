@@ -76,8 +76,9 @@ class Bench:
     def add(self, backend: str, precision: str, spent: list[float], fps: float, requests: int, execution: str, note: str) -> None:
         stats = latency_stats(spent)
         keras = next((r for r in self.rows if r["backend"] == "keras"), None)
+        keras_avg = stats["avg_s"] if backend == "keras" else keras["avg_s"] if keras else 0.0
         row = {"backend": backend, "precision": precision, "iterations": len(spent), "batch": self.batch, **stats,
-               "fps": fps, "requests": requests, "speedup_vs_keras": keras["avg_s"] / stats["avg_s"] if keras else 0.0,
+               "fps": fps, "requests": requests, "speedup_vs_keras": keras_avg / stats["avg_s"],
                "execution_precision": execution, "note": note}
         self.rows.append(row)
         emit(self.channel, {"stage": "result", "result": row})

@@ -60,8 +60,11 @@ class Benchmarks:
         self.manager = manager
         self._busy = threading.Lock()
 
-    def run(self, spec: BenchmarkSpec) -> Iterator[dict[str, Any]]:
-        """Yield progress events (``stage``, ``message``), one ``result`` event per row, then ``done``."""
+    def run(self, spec: BenchmarkSpec, cancelled: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+        """Yield progress events (``stage``, ``message``), one ``result`` event per row, then ``done``.
+
+        Setting ``cancelled`` stops the child at once (the call's termination callback does).
+        """
         job = self.plan(spec)
         if not self._busy.acquire(blocking=False):
             raise ResourceExhausted("another benchmark is running (it uses every core); try again when it has finished")
@@ -71,7 +74,7 @@ class Benchmarks:
                     (Path(tmp) / "sample.npy").write_bytes(spec.sample_npy)
                     job["sample_npy"] = str(Path(tmp) / "sample.npy")
                 job["workdir"] = tmp
-                for event in run_child(BENCHMARK, job, Path(tmp), self.manager.settings.benchmark_timeout_s):
+                for event in run_child(BENCHMARK, job, Path(tmp), self.manager.settings.benchmark_timeout_s, cancelled):
                     if "stage" not in event:  # the child's final answer
                         yield {"stage": "done", "name": job["name"], "version": str(job["version"]), **event["result"]}
                     else:

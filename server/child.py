@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any, Callable, Iterator, Sequence, TextIO
 from kvserve.server.errors import FailedPrecondition, Internal, InvalidArgument, KvError, NotFound, ResourceExhausted
 
 log = logging.getLogger("kvserve.server.child")
+
+WATCH_INTERVAL_S = 0.1  # how soon a timeout or a cancelled call stops the child
 
 KINDS: dict[str, type[KvError]] = {
     "invalid_argument": InvalidArgument,
@@ -54,11 +57,13 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def run_child(kind: ChildJob, job: dict[str, Any], workdir: Path, timeout_s: float) -> Iterator[dict[str, Any]]:
+def run_child(kind: ChildJob, job: dict[str, Any], workdir: Path, timeout_s: float,
+              cancelled: threading.Event | None = None) -> Iterator[dict[str, Any]]:
     """Yield the child's progress events; the last item yielded is its result (key ``result``).
 
-    The child is killed (its whole process group) on timeout and when the caller stops iterating early,
-    e.g. because the gRPC client went away.
+    The child (its whole process group) is killed on timeout, when ``cancelled`` is set (e.g. by the gRPC call's
+    termination callback: a child may say nothing for minutes, so waiting for the next yield is not enough),
+    and when the caller stops iterating early. A cancelled run ends quietly, without a result.
     """
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job))
@@ -73,14 +78,21 @@ def run_child(kind: ChildJob, job: dict[str, Any], workdir: Path, timeout_s: flo
             start_new_session=True,
         )
     timed_out = threading.Event()
+    finished = threading.Event()
 
-    def on_timeout() -> None:
-        timed_out.set()
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while not finished.wait(WATCH_INTERVAL_S):
+            if cancelled is not None and cancelled.is_set():
+                break
+            if time.monotonic() > deadline:
+                timed_out.set()
+                break
+        else:
+            return
         _kill(child)
 
-    timer = threading.Timer(timeout_s, on_timeout)
-    timer.daemon = True
-    timer.start()
+    threading.Thread(target=watch, name=f"kvd-{kind.noun}-watch", daemon=True).start()
     final: dict[str, Any] | None = None
     try:
         assert child.stdout is not None
@@ -95,10 +107,13 @@ def run_child(kind: ChildJob, job: dict[str, Any], workdir: Path, timeout_s: flo
                 yield message
         returncode = child.wait()
     finally:
-        timer.cancel()
+        finished.set()
         if child.poll() is None:  # the caller went away (client cancelled): do not leave the child running
             _kill(child)
             child.wait()
+    if cancelled is not None and cancelled.is_set() and final is None:
+        log.info("%s cancelled by the client; its process was stopped", kind.noun)
+        return
     if timed_out.is_set():
         raise ResourceExhausted(f"{kind.noun} took longer than {timeout_s:.0f} s and was stopped; {kind.timeout_hint}")
     if final is None:

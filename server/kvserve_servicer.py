@@ -4,6 +4,7 @@ benchmark)."""
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, Iterator
 
 import grpc
@@ -96,7 +97,9 @@ class KvServeServicer(kv_grpc.KvServeServicer):
         spec = BenchmarkSpec(name=request.name, version=request.version, iterations=request.iterations, warmup=request.warmup,
                              backends=list(request.backends), precisions=list(request.precisions),
                              sample_npy=request.sample_npy, batch=request.batch, seed=request.seed)
-        for event in self.benchmarks.run(spec):
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)  # the call ended (cancelled, deadline, or done): stop the child
+        for event in self.benchmarks.run(spec, cancelled):
             stage = kv.BenchmarkEvent.Stage.Value(event["stage"].upper())
             if stage == kv.BenchmarkEvent.DONE:
                 yield kv.BenchmarkEvent(stage=stage, name=event["name"], version=event["version"], input=event["input"],
