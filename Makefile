@@ -29,5 +29,9 @@ protos: $(STAMP)
 check-protos: $(STAMP)
 	$(BIN)/python -m kvserve.proto.generate --check
 
+# Served vs in-process on the same IR, InceptionV3 batch 1 (about 15 minutes on 2 cores); see docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python bench/serving.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .demo

@@ -120,6 +120,7 @@ class UploadPipeline:
                     result = event["result"]
                 else:
                     yield {"stage": event["stage"].upper(), "message": event.get("message", "")}
+            shutil.rmtree(staging / "calibration", ignore_errors=True)  # used up; it can be larger than the model
             parity = result["parity"]
             if result.get("conversion_error"):
                 yield {"stage": "CONVERTING", "message": f"{result['conversion_error']}; the original model will be served by TF"}

@@ -39,6 +39,7 @@ def test_int8_upload_calibrated_on_npy_serves_like_keras(served_digits, digits, 
     assert agreement >= 0.95
     assert (served_digits.repository / "digits-int8" / "1" / "model.xml").exists()
     assert not (served_digits.repository / "digits-int8" / "1" / "model-fp32.xml").exists()
+    assert not (served_digits.repository / "digits-int8" / "1" / "calibration").exists()  # used up, not kept
 
 
 def test_int8_upload_calibrated_on_an_image_folder(served_digits, digits, tmp_path):
