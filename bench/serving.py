@@ -214,6 +214,22 @@ def served(address: str, payload: bytes, concurrency: int, duration_s: float) ->
     return {"concurrency": concurrency, "p50_ms": p50_ms(spent), "avg_ms": statistics.fmean(spent) * 1000, "fps": len(spent) / elapsed, "calls": len(spent)}
 
 
+def codec_costs(payload: bytes, repeat: int = 300) -> dict[str, float]:
+    """Microseconds to turn a received ModelInfer request into numpy inputs: protobuf's parser vs kvserve's."""
+    import timeit
+
+    from kvserve.proto import grpc_service_pb2 as pb
+    from kvserve.proto.tensors import decode_request_inputs
+    from kvserve.proto.wire import parse_infer_request
+
+    def per_call(call: Callable[[], Any]) -> float:
+        return min(timeit.repeat(call, number=repeat, repeat=3)) / repeat * 1e6
+
+    return {"request_bytes": len(payload),
+            "protobuf_decode_us": per_call(lambda: decode_request_inputs(pb.ModelInferRequest.FromString(payload))),
+            "wire_decode_us": per_call(lambda: decode_request_inputs(parse_infer_request(payload)))}
+
+
 def rss_growth(kvd: Kvd, payload: bytes, first: int = 1_000, total: int = 10_000) -> dict[str, float]:
     import grpc
 
@@ -300,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = infer_payload("inception", feeds)
         payload8 = infer_payload("inception-int8", feeds)
 
+        figures["codec"] = codec_costs(payload)
         rounds = []
         for round_index in range(args.rounds):
             log(f"round {round_index + 1}/{args.rounds}: in-process OpenVINO, kvd at concurrency 1..4, INT8 in-process and served ...")
@@ -396,6 +413,9 @@ def print_report(f: dict[str, Any]) -> None:
         print(f"perf_analyzer c={row['concurrency']}: p50 {row['p50_ms']:.1f} ms, {row['fps']:.2f}/s")
     if "error" in f.get("perf_analyzer", {}):
         print(f"perf_analyzer failed: {f['perf_analyzer']['error']}")
+    codec = f["codec"]
+    print(f"decoding one {codec['request_bytes'] / 2**20:.2f} MiB ModelInfer request: protobuf {codec['protobuf_decode_us']:.0f} us, "
+          f"kvserve.proto.wire {codec['wire_decode_us']:.0f} us")
     rpc = f["benchmark_rpc"]
     print(f"\nBenchmark RPC ({rpc['input']}):")
     print("backend  precision   avg s     p50 s     p99 s     fps      speedup vs Keras")
