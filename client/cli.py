@@ -97,7 +97,10 @@ def preprocessing_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="model name (default: the file name without suffix)")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None, help="IR precision (default: the server's, fp16)")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="IR precision (default: the server's, fp16)")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path), help="int8: calibration inputs, a .npy batch or a folder of images")
+@click.option("--hint", "performance_hint", type=click.Choice(["latency", "throughput"], case_sensitive=False), default=None,
+              help="OpenVINO performance hint for this model (default: kvd's, throughput)")
 @click.option("--device", "devices", default="", help="device preference, e.g. CPU,TF (default: the server's)")
 @click.option("--force", is_flag=True, help="keep the model even if the parity check fails")
 @click.option("--sample", "samples", type=click.Path(exists=True, path_type=Path), help="parity inputs: a .npy batch or a folder of images")
@@ -105,8 +108,9 @@ def preprocessing_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @preprocessing_options
 @click.option("--json", "as_json", is_flag=True, help="print the stored manifest as JSON")
 @click.pass_obj
-def upload(state: State, path: Path, name: str | None, precision: str | None, devices: str, force: bool, samples: Path | None,
-           tolerance: float, preprocess: str | None, resize: str, center_crop: bool, labels: Path | None, as_json: bool) -> None:
+def upload(state: State, path: Path, name: str | None, precision: str | None, calibration: Path | None, performance_hint: str | None,
+           devices: str, force: bool, samples: Path | None, tolerance: float, preprocess: str | None, resize: str, center_crop: bool,
+           labels: Path | None, as_json: bool) -> None:
     """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip, .tar.gz)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -125,7 +129,10 @@ def upload(state: State, path: Path, name: str | None, precision: str | None, de
         manifest = state.client.upload(path, name=name, precision=precision or "", force=force,
                                        devices=[d for d in devices.split(",") if d], progress=on_event, timeout=None,
                                        samples=samples, tolerance=tolerance, preprocess=preprocess, resize=resize,
-                                       center_crop=center_crop, labels=labels)
+                                       center_crop=center_crop, labels=labels, calibration=calibration,
+                                       performance_hint=performance_hint or "")
+    for warning in manifest.get("warnings") or []:  # on stderr, so --json output stays clean
+        _console(stderr=True).print(f"[bold yellow]{warning}[/]", soft_wrap=True)
     if as_json:
         print_json(manifest)
         return
@@ -337,6 +344,11 @@ def plugins(state: State, as_json: bool) -> None:
     else:
         _table(["plugin", "version", "hooks", "note"],
                [[p["name"], p["version"], ", ".join(p["hooks"]), "built-in" if p["builtin"] else (f"failed: {p['error']}" if p["error"] else "")] for p in found])
+
+
+from kvserve.client.benchmark_cli import benchmark  # noqa: E402 - its own module; registered here
+
+cli.add_command(benchmark)
 
 
 def _run(entry: Callable[..., Any]) -> int:

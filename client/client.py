@@ -42,6 +42,15 @@ class UploadProgress:
     version: str = ""
 
 
+@dataclass(frozen=True)
+class BenchmarkProgress:
+    """One event of a benchmark: stage PREPARING or RUNNING with a message, or RESULT with one finished row."""
+
+    stage: str
+    message: str = ""
+    result: dict[str, Any] | None = None
+
+
 def default_server() -> str:
     return os.environ.get("KVSERVE_SERVER", DEFAULT_SERVER)
 
@@ -152,13 +161,15 @@ class Client:
     def upload(self, path: str | os.PathLike[str], name: str | None = None, precision: str = "", devices: list[str] | None = None,
                force: bool = False, progress: Callable[[UploadProgress], None] | None = None, timeout: float | None = None,
                samples: str | os.PathLike[str] | None = None, tolerance: float = 0.0, preprocess: str | None = None,
-               resize: str = "bilinear", center_crop: bool = False, labels: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+               resize: str = "bilinear", center_crop: bool = False, labels: str | os.PathLike[str] | None = None,
+               calibration: str | os.PathLike[str] | None = None, performance_hint: str = "") -> dict[str, Any]:
         """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip or .tar.gz); returns the manifest.
 
         ``samples`` (a .npy batch or a folder of images) replaces the seeded inputs of the parity check;
         ``tolerance`` overrides its max relative difference. ``preprocess`` (none, unit, inception, caffe, torch)
         says how images become the model's input (default: suggested from a Keras application architecture);
-        ``labels`` is a text file (one per line) or JSON.
+        ``labels`` is a text file (one per line) or JSON. ``calibration`` (a .npy batch or a folder of images)
+        calibrates an int8 upload. ``performance_hint`` (LATENCY or THROUGHPUT) overrides kvd's for this model.
         """
         path = Path(path)
         if path.is_dir():
@@ -167,8 +178,13 @@ class Client:
         else:
             payload, filename, size = None, path.name, path.stat().st_size
         model_name = name or path.name.split(".")[0]
+        options = {"force": "1"} if force else {}
+        if performance_hint:
+            options["performance_hint"] = performance_hint.upper()
         header = kv.UploadHeader(name=model_name, filename=filename, size=size, precision=precision, devices=devices or [],
-                                 options={"force": "1"} if force else {}, parity_tolerance=tolerance, **_samples(samples),
+                                 options=options, parity_tolerance=tolerance,
+                                 **_user_inputs(samples, ("samples_npy", "sample_images"), "parity samples", 64),
+                                 **_user_inputs(calibration, ("calibration_npy", "calibration_images"), "calibration data", 300),
                                  **_model_settings(preprocess, resize, center_crop, labels))
 
         def requests() -> Iterator[kv.UploadRequest]:
@@ -196,6 +212,27 @@ class Client:
         request = kv.ConfigureRequest(name=model, version=version, clear_labels=clear_labels,
                                       **_model_settings(preprocess, resize, center_crop, labels))
         return _described(self.kvserve.Configure(request, timeout=self.timeout))
+    def benchmark(self, model: str, version: str = "", iterations: int = 0, backends: list[str] | None = None,
+                  precisions: list[str] | None = None, sample: str | os.PathLike[str] | None = None, batch: int = 0,
+                  warmup: int = 0, seed: int = 0, progress: Callable[[BenchmarkProgress], None] | None = None,
+                  timeout: float | None = None) -> dict[str, Any]:
+        """Run the server-side comparison (Keras, TF, OpenVINO per device and precision) on ``model``.
+
+        Returns ``{"name", "version", "input", "results": [row, ...]}``, Keras first; a row has the fields of
+        ``BenchmarkResult`` (backend, precision, avg_s, p50_s, p90_s, p99_s, min_s, max_s, fps, requests,
+        speedup_vs_keras, ...). ``sample`` is a .npy input; without it the server feeds seeded random data.
+        """
+        request = kv.BenchmarkRequest(name=model, version=version, iterations=iterations, warmup=warmup, backends=backends or [],
+                                      precisions=precisions or [], batch=batch, seed=seed,
+                                      sample_npy=Path(sample).read_bytes() if sample is not None else b"")
+        report: dict[str, Any] = {}
+        for event in self.kvserve.Benchmark(request, timeout=timeout):
+            stage = kv.BenchmarkEvent.Stage.Name(event.stage)
+            if stage == "DONE":
+                report = {"name": event.name, "version": event.version, "input": event.input, "results": [_row(r) for r in event.results]}
+            elif progress is not None:
+                progress(BenchmarkProgress(stage, event.message, _row(event.result) if stage == "RESULT" else None))
+        return report
 
     def delete(self, model: str, version: str = "") -> list[str]:
         return list(self.kvserve.Delete(kv.DeleteRequest(name=model, version=version), timeout=self.timeout).versions)
@@ -226,20 +263,25 @@ def _model_settings(preprocess: str | None, resize: str, center_crop: bool, labe
     return fields
 
 
-def _samples(samples: str | os.PathLike[str] | None) -> dict[str, Any]:
-    if samples is None:
+def _user_inputs(source: str | os.PathLike[str] | None, fields: tuple[str, str], purpose: str, limit: int) -> dict[str, Any]:
+    """A .npy batch or a folder of images (the first ``limit``, by name) as header fields ``fields`` (npy, images)."""
+    if source is None:
         return {}
-    path = Path(samples)
+    path = Path(source)
     if path.is_dir():
         from kvserve.client.inputs import IMAGE_SUFFIXES
 
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
-            raise ValueError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) to use as parity samples")
-        return {"sample_images": [p.read_bytes() for p in images[:64]]}
+            raise ValueError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) to use as {purpose}")
+        return {fields[1]: [p.read_bytes() for p in images[:limit]]}
     if path.suffix.lower() != ".npy":
-        raise ValueError(f"{path}: parity samples are a .npy file or a folder of images")
-    return {"samples_npy": path.read_bytes()}
+        raise ValueError(f"{path}: {purpose} are a .npy file or a folder of images")
+    return {fields[0]: path.read_bytes()}
+
+
+def _row(result: kv.BenchmarkResult) -> dict[str, Any]:
+    return {f.name: getattr(result, f.name) for f in result.DESCRIPTOR.fields}
 
 
 def timeout_or(timeout: float | None, at_least: float = 300.0) -> float | None:

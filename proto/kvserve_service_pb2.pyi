@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UploadHeader(_message.Message):
-    __slots__ = ("name", "filename", "size", "precision", "devices", "sha256", "options", "samples_npy", "sample_images", "parity_tolerance", "preprocessing", "labels", "labels_filename")
+    __slots__ = ("name", "filename", "size", "precision", "devices", "sha256", "options", "samples_npy", "sample_images", "parity_tolerance", "preprocessing", "labels", "labels_filename", "calibration_npy", "calibration_images")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,8 @@ class UploadHeader(_message.Message):
     PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_NPY_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_IMAGES_FIELD_NUMBER: _ClassVar[int]
     name: str
     filename: str
     size: int
@@ -42,7 +44,9 @@ class UploadHeader(_message.Message):
     preprocessing: Preprocessing
     labels: bytes
     labels_filename: str
-    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., size: _Optional[int] = ..., precision: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., samples_npy: _Optional[bytes] = ..., sample_images: _Optional[_Iterable[bytes]] = ..., parity_tolerance: _Optional[float] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., labels: _Optional[bytes] = ..., labels_filename: _Optional[str] = ...) -> None: ...
+    calibration_npy: bytes
+    calibration_images: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, name: _Optional[str] = ..., filename: _Optional[str] = ..., size: _Optional[int] = ..., precision: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., samples_npy: _Optional[bytes] = ..., sample_images: _Optional[_Iterable[bytes]] = ..., parity_tolerance: _Optional[float] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., labels: _Optional[bytes] = ..., labels_filename: _Optional[str] = ..., calibration_npy: _Optional[bytes] = ..., calibration_images: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Preprocessing(_message.Message):
     __slots__ = ("mode", "resize", "center_crop")
@@ -89,6 +93,7 @@ class UploadEvent(_message.Message):
         VERIFYING: _ClassVar[UploadEvent.Stage]
         LOADING: _ClassVar[UploadEvent.Stage]
         READY: _ClassVar[UploadEvent.Stage]
+        QUANTIZING: _ClassVar[UploadEvent.Stage]
     STAGE_UNSPECIFIED: UploadEvent.Stage
     RECEIVING: UploadEvent.Stage
     RECEIVED: UploadEvent.Stage
@@ -96,6 +101,7 @@ class UploadEvent(_message.Message):
     VERIFYING: UploadEvent.Stage
     LOADING: UploadEvent.Stage
     READY: UploadEvent.Stage
+    QUANTIZING: UploadEvent.Stage
     STAGE_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -210,3 +216,89 @@ class PluginsResponse(_message.Message):
     PLUGINS_FIELD_NUMBER: _ClassVar[int]
     plugins: _containers.RepeatedCompositeFieldContainer[Plugin]
     def __init__(self, plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ...) -> None: ...
+
+class BenchmarkRequest(_message.Message):
+    __slots__ = ("name", "version", "iterations", "warmup", "backends", "precisions", "sample_npy", "batch", "seed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    PRECISIONS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_NPY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    iterations: int
+    warmup: int
+    backends: _containers.RepeatedScalarFieldContainer[str]
+    precisions: _containers.RepeatedScalarFieldContainer[str]
+    sample_npy: bytes
+    batch: int
+    seed: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., iterations: _Optional[int] = ..., warmup: _Optional[int] = ..., backends: _Optional[_Iterable[str]] = ..., precisions: _Optional[_Iterable[str]] = ..., sample_npy: _Optional[bytes] = ..., batch: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class BenchmarkResult(_message.Message):
+    __slots__ = ("backend", "precision", "iterations", "batch", "avg_s", "p50_s", "p90_s", "p99_s", "min_s", "max_s", "fps", "requests", "speedup_vs_keras", "execution_precision", "note")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    AVG_S_FIELD_NUMBER: _ClassVar[int]
+    P50_S_FIELD_NUMBER: _ClassVar[int]
+    P90_S_FIELD_NUMBER: _ClassVar[int]
+    P99_S_FIELD_NUMBER: _ClassVar[int]
+    MIN_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_S_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SPEEDUP_VS_KERAS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    precision: str
+    iterations: int
+    batch: int
+    avg_s: float
+    p50_s: float
+    p90_s: float
+    p99_s: float
+    min_s: float
+    max_s: float
+    fps: float
+    requests: int
+    speedup_vs_keras: float
+    execution_precision: str
+    note: str
+    def __init__(self, backend: _Optional[str] = ..., precision: _Optional[str] = ..., iterations: _Optional[int] = ..., batch: _Optional[int] = ..., avg_s: _Optional[float] = ..., p50_s: _Optional[float] = ..., p90_s: _Optional[float] = ..., p99_s: _Optional[float] = ..., min_s: _Optional[float] = ..., max_s: _Optional[float] = ..., fps: _Optional[float] = ..., requests: _Optional[int] = ..., speedup_vs_keras: _Optional[float] = ..., execution_precision: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class BenchmarkEvent(_message.Message):
+    __slots__ = ("stage", "message", "result", "results", "name", "version", "input")
+    class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STAGE_UNSPECIFIED: _ClassVar[BenchmarkEvent.Stage]
+        PREPARING: _ClassVar[BenchmarkEvent.Stage]
+        RUNNING: _ClassVar[BenchmarkEvent.Stage]
+        RESULT: _ClassVar[BenchmarkEvent.Stage]
+        DONE: _ClassVar[BenchmarkEvent.Stage]
+    STAGE_UNSPECIFIED: BenchmarkEvent.Stage
+    PREPARING: BenchmarkEvent.Stage
+    RUNNING: BenchmarkEvent.Stage
+    RESULT: BenchmarkEvent.Stage
+    DONE: BenchmarkEvent.Stage
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    stage: BenchmarkEvent.Stage
+    message: str
+    result: BenchmarkResult
+    results: _containers.RepeatedCompositeFieldContainer[BenchmarkResult]
+    name: str
+    version: str
+    input: str
+    def __init__(self, stage: _Optional[_Union[BenchmarkEvent.Stage, str]] = ..., message: _Optional[str] = ..., result: _Optional[_Union[BenchmarkResult, _Mapping]] = ..., results: _Optional[_Iterable[_Union[BenchmarkResult, _Mapping]]] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., input: _Optional[str] = ...) -> None: ...

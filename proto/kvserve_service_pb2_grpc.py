@@ -64,6 +64,11 @@ class KvServeStub:
                 request_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.PluginsRequest.SerializeToString,
                 response_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.PluginsResponse.FromString,
                 _registered_method=True)
+        self.Benchmark = channel.unary_stream(
+                '/kvserve.v1.KvServe/Benchmark',
+                request_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkRequest.SerializeToString,
+                response_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkEvent.FromString,
+                _registered_method=True)
 
 
 class KvServeServicer:
@@ -105,6 +110,14 @@ class KvServeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Benchmark(self, request, context):
+        """Keras predict vs TensorFlow vs OpenVINO (each device and precision) for one uploaded model, measured in
+        a child process on the server: progress events, one RESULT per row, then DONE with every row.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KvServeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +150,11 @@ def add_KvServeServicer_to_server(servicer, server):
                     servicer.Plugins,
                     request_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.PluginsRequest.FromString,
                     response_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.PluginsResponse.SerializeToString,
+            ),
+            'Benchmark': grpc.unary_stream_rpc_method_handler(
+                    servicer.Benchmark,
+                    request_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkRequest.FromString,
+                    response_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +319,33 @@ class KvServe:
             '/kvserve.v1.KvServe/Plugins',
             kvserve_dot_proto_dot_kvserve__service__pb2.PluginsRequest.SerializeToString,
             kvserve_dot_proto_dot_kvserve__service__pb2.PluginsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Benchmark(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvserve.v1.KvServe/Benchmark',
+            kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkRequest.SerializeToString,
+            kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkEvent.FromString,
             options,
             channel_credentials,
             insecure,

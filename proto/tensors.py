@@ -1,6 +1,7 @@
 """The one place where v2 protocol tensors become numpy arrays and back, for the server and the client.
 
-Raw contents are taken zero-copy (``np.frombuffer`` over the request bytes). Every mismatch between what a
+Raw contents are taken zero-copy (``np.frombuffer`` over the request bytes; ``kvserve.proto.wire`` keeps
+protobuf from copying them first). Every mismatch between what a
 tensor declares and what it carries raises ``TensorError`` with a message that says what was expected.
 """
 
@@ -175,20 +176,26 @@ def decode_request_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray
     return arrays
 
 
-def to_raw(array: np.ndarray) -> tuple[str, bytes]:
-    """(v2 datatype, raw little-endian bytes) of an array: one copy, numpy -> bytes."""
+def raw_payload(array: np.ndarray) -> tuple[str, bytes | np.ndarray]:
+    """(v2 datatype, raw little-endian contents) of an array: serialized BYTES, or a contiguous array (no copy
+    when it already is one) that becomes bytes with one copy where a ``bytes`` is needed."""
     datatype = datatype_of(array)
     if datatype == "BYTES":
         return datatype, serialize_bytes(array)
-    return datatype, np.ascontiguousarray(array, dtype=DATATYPES[datatype]).tobytes()
+    return datatype, np.ascontiguousarray(array, dtype=DATATYPES[datatype])
 
 
 def encode_response_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray]) -> None:
-    """Append outputs to a response as raw contents."""
+    """Append outputs to a response as raw contents.
+
+    A ``kvserve.proto.wire.InferResponseView`` (a plain list of raw contents) takes the arrays themselves and
+    copies them once, when it is serialized; a protobuf message needs ``bytes``.
+    """
     for name, array in outputs.items():
-        datatype, raw = to_raw(array)
+        datatype, payload = raw_payload(array)
         response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        response.raw_output_contents.append(raw)
+        raw = response.raw_output_contents
+        raw.append(payload if isinstance(raw, list) else bytes(payload))
 
 
 def decode_response_outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
@@ -225,9 +232,9 @@ def build_infer_request(
         request.parameters["top_k"].int64_param = int(top_k)
     for name, array in inputs.items():
         array = np.asarray(array)
-        datatype, raw = to_raw(array)
+        datatype, payload = raw_payload(array)
         request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        request.raw_input_contents.append(raw)
+        request.raw_input_contents.append(bytes(payload))
     for name in outputs:
         request.outputs.add(name=name)
     for name, k in (classification or {}).items():

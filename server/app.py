@@ -19,6 +19,7 @@ from kvserve.server import health, metrics
 from kvserve.server.auth import AuthInterceptor, load_tokens
 from kvserve.server.calls import CallObserver
 from kvserve.server.dataplane import DataPlane
+from kvserve.server.infer_codec import InferCodecInterceptor
 from kvserve.server.inference_servicer import InferenceServicer
 from kvserve.server.interceptors import ErrorInterceptor
 from kvserve.server.kvserve_servicer import KvServeServicer
@@ -68,7 +69,7 @@ def _interceptors(settings: Settings, manager: ModelManager, lifecycle: Lifecycl
     chain: list[grpc.ServerInterceptor] = [CallObserver(manager.has)]
     if settings.auth_token_file is not None:
         chain.append(AuthInterceptor(load_tokens(settings.auth_token_file)))
-    return [*chain, DrainInterceptor(lifecycle), ErrorInterceptor()]
+    return [*chain, DrainInterceptor(lifecycle), ErrorInterceptor(), InferCodecInterceptor()]
 
 
 def build(settings: Settings) -> Daemon:

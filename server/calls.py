@@ -36,6 +36,13 @@ class CallRecord:
 def _describe(method: str, request: Any, known_model: Callable[[str], bool]) -> CallRecord:
     """Method name, model and version (only for models that exist, so labels stay bounded), request id."""
     record = CallRecord(method.rsplit("/", 1)[-1])
+    try:
+        return _fill(record, request, known_model)
+    except Exception:  # noqa: BLE001 - a malformed request is the handler's to refuse, not the observer's
+        return record
+
+
+def _fill(record: CallRecord, request: Any, known_model: Callable[[str], bool]) -> CallRecord:
     name = getattr(request, "model_name", None) or getattr(request, "name", None)
     if isinstance(name, str) and known_model(name):
         record.model = name

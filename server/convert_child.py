@@ -1,27 +1,21 @@
 """The converter child process: ``python -m kvserve.server.convert_child``, reading a job file's path on stdin.
 
-TensorFlow lives only here, so a converter crash, hang or OOM costs one upload, never the daemon. Protocol:
-one JSON object per line on the original stdout (library prints are sent to stderr): ``{"stage": ...}``
-while working, then ``{"ok": true, "result": {...}}`` or ``{"ok": false, "kind": ..., "message": ...}``.
+TensorFlow (and NNCF, for int8) lives only here, so a converter crash, hang or OOM costs one upload, never the
+daemon. It speaks the protocol of ``kvserve.server.child``: ``{"stage": ...}`` events while working, then the
+result or a classified error.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from kvserve.plugins.types import ConversionFailed, ConversionOptions, ModelRejected, UnsafeModel
 from kvserve.server import faults
-
-
-def _emit(channel: TextIO, payload: dict[str, Any]) -> None:
-    channel.write(json.dumps(payload) + "\n")
-    channel.flush()
+from kvserve.server.child import child_main, emit
 
 
 def _corrupt_weights(bin_path: Path) -> None:
@@ -47,29 +41,36 @@ def _ir_predictor(xml: Path, precision: str) -> Any:
     return predict
 
 
-def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
+def converter_for(fmt: str) -> Any:
+    """The first converter plugin that reads ``fmt``."""
     from kvserve.plugins.manager import load_plugins
+
+    converters = [c for c in load_plugins().converters() if fmt in c.formats]
+    if not converters:
+        raise ConversionFailed(f"no converter plugin accepts the format '{fmt}'")
+    return converters[0]
+
+
+def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     from kvserve.server.parity import parity_report, sample_feeds
 
     fault = os.environ.get("KVSERVE_TEST_FAULT", "")
     if fault == "converter-crash":  # test-only fault injection: a converter that dies hard
         os.kill(os.getpid(), 11)
     fmt = job["format"]
-    converters = [c for c in load_plugins().converters() if fmt in c.formats]
-    if not converters:
-        raise ConversionFailed(f"no converter plugin accepts the format '{fmt}'")
-    converter = converters[0]
+    converter = converter_for(fmt)
     options = ConversionOptions(precision=job["precision"], allow_unsafe_deserialization=job["allow_unsafe"])
-    _emit(channel, {"stage": "converting", "message": f"{converter.name}: reading the {fmt} model"})
+    emit(channel, {"stage": "converting", "message": f"{converter.name}: reading the {fmt} model"})
     faults.pause("slow-convert", 30.0)  # test-only: a conversion long enough to kill kvd or the client during it
     started = time.perf_counter()
     model = converter.load(Path(job["source"]), fmt, options)
     preprocess = _preprocess(job.get("preprocess"), model.details.get("model_name", ""), model.inputs)
     signature = {"inputs": [s.to_dict() for s in model.inputs], "outputs": [s.to_dict() for s in model.outputs],
                  "preprocess": preprocess}
-    _emit(channel, {"stage": "converting", "message": f"{converter.name}: {fmt} -> OpenVINO IR ({options.precision})"})
+    weights = "fp32, then int8" if options.precision == "int8" else options.precision
+    emit(channel, {"stage": "converting", "message": f"{converter.name}: {fmt} -> OpenVINO IR ({weights})"})
     try:
-        xml = converter.convert(model, Path(job["out_dir"]), options)
+        xml = converter.convert(model, Path(job["out_dir"]), options)  # int8: FP32 weights, quantized below
     except ConversionFailed as error:
         if not job.get("fallback_allowed"):
             raise
@@ -79,14 +80,21 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     convert_s = time.perf_counter() - started
     if fault == "corrupt-ir":
         _corrupt_weights(xml.with_suffix(".bin"))
-    _emit(channel, {"stage": "verifying", "message": "comparing the IR with the original on seeded inputs"})
-    started = time.perf_counter()
     feeds, feeds_source = None, ""
     if job.get("samples_npy") or job.get("sample_images"):
         try:
             feeds, feeds_source = sample_feeds(model.inputs, job.get("samples_npy"), job.get("sample_images"), preprocess)
         except (ValueError, OSError) as error:
             raise ModelRejected(f"the parity samples cannot be used: {error}") from None
+    extra: dict[str, Any] = {}
+    if options.precision == "int8":
+        started = time.perf_counter()
+        calibration, extra = _quantize(channel, model, xml, job, preprocess)
+        extra["timings"] = {"quantize_s": round(time.perf_counter() - started, 3)}
+        if feeds is None:  # INT8 parity is judged on the data it was calibrated for
+            feeds, feeds_source = calibration, f"calibration set: {extra['quantization']['calibration']}"
+    emit(channel, {"stage": "verifying", "message": f"comparing the IR with the original on {feeds_source or 'seeded inputs'}"})
+    started = time.perf_counter()
     try:
         report = parity_report(model.reference, _ir_predictor(xml, options.precision), model.inputs, options.precision,
                                batch=int(job.get("parity_batch", 8)), tolerance=job.get("tolerance"), feeds=feeds,
@@ -98,10 +106,11 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
 
     return {
         **signature,
+        **extra,
         "ir": {"xml": xml.name, "bin": xml.with_suffix(".bin").name},
         "converter": {"name": converter.name, "openvino": ov.__version__, **_framework_versions(), **model.details},
         "parity": report,
-        "timings": {"convert_s": round(convert_s, 3), "verify_s": round(verify_s, 3)},
+        "timings": {"convert_s": round(convert_s, 3), **extra.get("timings", {}), "verify_s": round(verify_s, 3)},
     }
 
 
@@ -115,6 +124,23 @@ def _preprocess(requested: dict[str, Any] | None, model_name: str, inputs: list[
     if mode:
         return {**Preprocess(mode).to_dict(), "source": f"suggested for Keras {model_name}"}
     return {**Preprocess().to_dict(), "source": "default"}
+def _quantize(channel: TextIO, model: Any, xml: Path, job: dict[str, Any], preprocess: dict[str, Any]
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Replace the FP32 IR at ``xml`` by its INT8 quantization; returns (calibration feeds, manifest fields)."""
+    from kvserve.server.quantize import SYNTHETIC_WARNING, calibration_feeds, quantize_ir
+
+    feeds, source, synthetic = calibration_feeds(model.inputs, job.get("calibration_npy"), job.get("calibration_images"), preprocess)
+    if synthetic:
+        emit(channel, {"stage": "quantizing", "message": SYNTHETIC_WARNING})
+    emit(channel, {"stage": "quantizing", "message": f"NNCF post-training quantization, calibrated on {source}"})
+    fp32_xml = xml.with_name("model-fp32.xml")
+    xml.rename(fp32_xml)
+    xml.with_suffix(".bin").rename(fp32_xml.with_suffix(".bin"))
+    details = quantize_ir(fp32_xml, feeds, xml)
+    fp32_xml.unlink()
+    fp32_xml.with_suffix(".bin").unlink()
+    quantization = {**details, "calibration": source, "synthetic_calibration": synthetic}
+    return feeds, {"quantization": quantization, "warnings": [SYNTHETIC_WARNING] if synthetic else []}
 
 
 def _framework_versions() -> dict[str, str]:
@@ -136,39 +162,9 @@ def _preload() -> None:
     load_plugins()
 
 
-def _exit_with_parent(poll_s: float = 0.5) -> None:
-    """Once kvd is gone (even by kill -9) we are reparented: stop, instead of writing into a staging dir it removes."""
-    parent = os.getppid()
-    while os.getppid() == parent:
-        time.sleep(poll_s)
-    os._exit(70)
-
-
 def main() -> int:
-    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
-    channel = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # anything a library prints goes to the log, not into the protocol
-    _preload()
-    job_path = sys.stdin.readline().strip()
-    if not job_path:  # the daemon closed our stdin without a job: it is shutting down
-        return 0
-    job = json.loads(Path(job_path).read_text())
-    try:
-        _emit(channel, {"ok": True, "result": run(job, channel)})
-    except UnsafeModel as error:
-        _emit(channel, {"ok": False, "kind": "failed_precondition", "message": str(error)})
-    except ModelRejected as error:
-        _emit(channel, {"ok": False, "kind": "invalid_argument", "message": str(error)})
-    except ConversionFailed as error:
-        _emit(channel, {"ok": False, "kind": "failed_precondition", "message": str(error)})
-    except MemoryError:
-        _emit(channel, {"ok": False, "kind": "resource_exhausted", "message": "the converter ran out of memory"})
-    except Exception as error:  # noqa: BLE001 - reported to the parent, traceback to stderr (the kvd log)
-        import traceback
-
-        traceback.print_exc()
-        _emit(channel, {"ok": False, "kind": "internal", "message": f"converter failed: {type(error).__name__}: {error}"})
-    return 0
+    errors = [(UnsafeModel, "failed_precondition"), (ModelRejected, "invalid_argument"), (ConversionFailed, "failed_precondition")]
+    return child_main(run, errors, worker="converter", preload=_preload)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from kvserve.proto import grpc_service_pb2 as pb
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import model_config_pb2 as mc
 from kvserve.proto.tensors import decode_request_inputs, encode_response_outputs
+from kvserve.proto.wire import InferResponseView
 from kvserve.server.dataplane import DataPlane
 from kvserve.server.errors import InvalidArgument, NotFound
 from kvserve.server.models import READY, ModelManager, ModelVersion
@@ -90,7 +91,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         requested = [output.name for output in request.outputs]
         model, outputs = self.dataplane.infer(request.model_name, request.model_version, inputs, requested,
                                               _classification(request), call=context)
-        response = pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id)
+        # A view, serialized by kvserve.server.infer_codec without copying the outputs into protobuf first.
+        response = InferResponseView(pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id))
         encode_response_outputs(response, outputs)
         return response
 

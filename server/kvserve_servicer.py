@@ -1,8 +1,10 @@
-"""``kvserve.v1.KvServe``: what the v2 protocol lacks (streamed upload, delete, describe, devices, plugins)."""
+"""``kvserve.v1.KvServe``: what the v2 protocol lacks (streamed upload, delete, describe, devices, plugins,
+benchmark)."""
 
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any, Iterator
 
 import grpc
@@ -11,6 +13,7 @@ from kvserve.plugins import safe
 from kvserve.plugins.manager import Plugins
 from kvserve.proto import kvserve_service_pb2 as kv
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
+from kvserve.server.benchmarks import Benchmarks, BenchmarkSpec
 from kvserve.server.errors import Cancelled, InvalidArgument, NotFound
 from kvserve.server.limits import Abandon
 from kvserve.server.models import ModelManager
@@ -31,10 +34,11 @@ def _chunks(requests: Iterator[kv.UploadRequest], context: grpc.ServicerContext)
 
 
 class KvServeServicer(kv_grpc.KvServeServicer):
-    def __init__(self, manager: ModelManager, uploads: UploadPipeline, plugins: Plugins) -> None:
+    def __init__(self, manager: ModelManager, uploads: UploadPipeline, plugins: Plugins, benchmarks: Benchmarks | None = None) -> None:
         self.manager = manager
         self.uploads = uploads
         self.plugins = plugins
+        self.benchmarks = benchmarks or Benchmarks(manager)
 
     def Upload(self, request_iterator: Iterator[kv.UploadRequest], context: grpc.ServicerContext) -> Iterator[kv.UploadEvent]:
         first = next(request_iterator, None)
@@ -47,7 +51,9 @@ class KvServeServicer(kv_grpc.KvServeServicer):
                           samples_npy=header.samples_npy, sample_images=list(header.sample_images),
                           parity_tolerance=header.parity_tolerance,
                           preprocess=_preprocessing(header.preprocessing) if header.HasField("preprocessing") else None,
-                          labels=header.labels, labels_filename=header.labels_filename or "labels")
+                          labels=header.labels, labels_filename=header.labels_filename or "labels",
+                          calibration_npy=header.calibration_npy, calibration_images=list(header.calibration_images),
+                          performance_hint=header.options.get("performance_hint", ""))
         abandon = Abandon()
         context.add_callback(lambda: abandon.set(Cancelled("the client went away; the upload was discarded")))
         for event in self.uploads.run(spec, _chunks(request_iterator, context), abandon):
@@ -119,3 +125,19 @@ class KvServeServicer(kv_grpc.KvServeServicer):
         for row in self.plugins.describe():
             response.plugins.add(**row)
         return response
+
+    def Benchmark(self, request: kv.BenchmarkRequest, context: grpc.ServicerContext) -> Iterator[kv.BenchmarkEvent]:
+        spec = BenchmarkSpec(name=request.name, version=request.version, iterations=request.iterations, warmup=request.warmup,
+                             backends=list(request.backends), precisions=list(request.precisions),
+                             sample_npy=request.sample_npy, batch=request.batch, seed=request.seed)
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)  # the call ended (cancelled, deadline, or done): stop the child
+        for event in self.benchmarks.run(spec, cancelled):
+            stage = kv.BenchmarkEvent.Stage.Value(event["stage"].upper())
+            if stage == kv.BenchmarkEvent.DONE:
+                yield kv.BenchmarkEvent(stage=stage, name=event["name"], version=event["version"], input=event["input"],
+                                        results=[kv.BenchmarkResult(**row) for row in event["results"]])
+            elif stage == kv.BenchmarkEvent.RESULT:
+                yield kv.BenchmarkEvent(stage=stage, result=kv.BenchmarkResult(**event["result"]))
+            else:
+                yield kv.BenchmarkEvent(stage=stage, message=event.get("message", ""))

@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 
 from kvserve.server.logs import FORMATS, configure
-from kvserve.server.settings import (DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_ADDRESS, PRECISIONS, Settings,
-                                     default_repository)
+from kvserve.server.settings import (DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_ADDRESS, PERFORMANCE_HINTS,
+                                     PRECISIONS, Settings, default_repository)
 from kvserve.server.version import SERVER_VERSION
 
 
@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
     parser.add_argument("--devices", default="CPU,TF", help="default device preference for uploads")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="default IR precision for uploads")
+    parser.add_argument("--performance-hint", type=str.upper, choices=PERFORMANCE_HINTS, default="",
+                        help="OpenVINO hint for models that set none at upload: THROUGHPUT (the default: concurrent clients) or LATENCY (one at a time)")
     parser.add_argument("--conversion-timeout", type=float, default=900.0, help="seconds a conversion may take")
     parser.add_argument("--no-warm-converter", dest="warm_converter", action="store_false",
                         help="do not keep a converter process (TensorFlow imported, ~600 MB) ready for the next upload")
@@ -49,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         default_precision=args.precision,
         conversion_timeout_s=args.conversion_timeout,
         warm_converter=args.warm_converter,
+        performance_hint=args.performance_hint,
         grace_seconds=args.grace_seconds,
         allow_unsafe_deserialization=args.allow_unsafe_deserialization,
         **operations_settings(args),

@@ -102,6 +102,7 @@ class ModelManager:
                 continue
             try:
                 runner = backend.load(LoadRequest(model_dir, manifest, inputs, outputs, self.repository.cache_dir,
+                                                  config=self.runtime_config(manifest),
                                                   allow_unsafe_deserialization=self.settings.allow_unsafe_deserialization))
             except Exception as error:  # noqa: BLE001 - try the next device, keep the reason
                 log.warning("loading %s on %s failed: %s", model_dir, device, error)
@@ -109,6 +110,12 @@ class ModelManager:
                 continue
             return runner, device, "; ".join(skipped + [f"served by {device}"])
         raise FailedPrecondition("no device could serve the model: " + "; ".join(skipped) + f" (preference: {','.join(preference)})")
+
+    def runtime_config(self, manifest: Mapping[str, Any]) -> dict[str, str]:
+        """Device properties for one model: its own performance hint, else kvd's --performance-hint, else none
+        (each backend keeps its own default: THROUGHPUT for the built-in OpenVINO devices)."""
+        hint = manifest.get("performance_hint") or self.settings.performance_hint
+        return {"PERFORMANCE_HINT": hint} if hint else {}
 
     def install(self, entry: ModelVersion, unload_older: bool = True) -> None:
         """Make a loaded version visible; with ``unload_older`` the versions it supersedes are released."""

@@ -15,8 +15,11 @@ import numpy as np
 from kvserve.plugins.types import TensorSpec
 
 # Max rel diff allowed per precision. fp32 IR runs in f32 and should match to rounding; fp16 weights (and
-# bf16 execution on AMX CPUs) move outputs by up to ~1e-2 of their range.
-TOLERANCES: dict[str, float] = {"fp32": 1e-4, "fp16": 3e-2}
+# bf16 execution on AMX CPUs) move outputs by up to ~1e-2 of their range; int8 moves them by up to ~1e-1
+# (judged on the calibration set, where top-1 agreement is recorded too).
+TOLERANCES: dict[str, float] = {"fp32": 1e-4, "fp16": 3e-2, "int8": 0.25}
+# Rows per call when running both models: a calibration set of large images does not fit in one batch.
+CHUNK = 16
 NUMPY_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
                "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
                "UINT64": np.uint64, "BOOL": np.bool_}
@@ -84,12 +87,22 @@ def parity_report(
     """Run both models on ``feeds`` (user samples) or seeded inputs; ``passed`` compares max rel diff."""
     if feeds is None:
         feeds, feeds_source = seeded_inputs(inputs, batch), "seeded uniform [0, 1), seed 0"
-    report = compare(reference(feeds), candidate(feeds))
+    report = compare(_chunked(reference, feeds), _chunked(candidate, feeds))
     limit = TOLERANCES.get(precision, TOLERANCES["fp16"]) if tolerance is None else tolerance
     samples = int(next(iter(feeds.values())).shape[0]) if feeds and next(iter(feeds.values())).ndim else 1
     report.update({"samples": samples, "inputs": feeds_source, "precision": precision,
                    "tolerance_max_rel_diff": limit, "passed": bool(report["max_rel_diff"] <= limit)})
     return report
+
+
+def _chunked(predict: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], feeds: dict[str, np.ndarray]
+             ) -> dict[str, np.ndarray]:
+    """``predict`` over ``feeds`` CHUNK rows at a time, outputs concatenated (scalar inputs in one call)."""
+    rows = min((a.shape[0] for a in feeds.values() if a.ndim), default=0)
+    if rows <= CHUNK:
+        return predict(feeds)
+    parts = [predict({n: a[i : i + CHUNK] for n, a in feeds.items()}) for i in range(0, rows, CHUNK)]
+    return {name: np.concatenate([np.asarray(p[name]) for p in parts]) for name in parts[0]}
 
 
 def sample_feeds(inputs: list[TensorSpec], npy_path: str | None = None, image_paths: list[str] | None = None,

@@ -12,7 +12,10 @@ DEFAULT_METRICS_ADDRESS = "127.0.0.1:8502"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_DEVICES = ("CPU", "TF")
 DEFAULT_PRECISION = "fp16"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+# OpenVINO performance hints: THROUGHPUT keeps every stream busy under concurrent calls (a shared server);
+# LATENCY gives one call all the cores.
+PERFORMANCE_HINTS = ("THROUGHPUT", "LATENCY")
 
 
 def default_repository() -> Path:
@@ -39,6 +42,8 @@ class Settings:
     warm_converter: bool = True
     grace_seconds: float = 10.0
     max_batch_size: int = 1024
+    performance_hint: str = ""  # empty: each backend's own (THROUGHPUT for the built-in OpenVINO devices)
+    benchmark_timeout_s: float = 1800.0
     port_file: Path | None = None
     # operations (issue 6): metrics, security, limits, logs
     metrics_address: str = DEFAULT_METRICS_ADDRESS  # "" disables the endpoint

@@ -22,13 +22,13 @@ from typing import Any, Iterable, Iterator
 
 from kvserve.client.preprocessing import Preprocess
 from kvserve.server import formats, metrics
-from kvserve.server.conversion import ConverterLauncher, run_conversion
+from kvserve.server.conversion import converter_launcher, run_conversion
 from kvserve.server.errors import FailedPrecondition, InvalidArgument, KvError, ResourceExhausted, Unavailable
 from kvserve.server.labels import check_count, parse_labels
 from kvserve.server.limits import Abandon, UploadSlots
 from kvserve.server.models import READY, ModelManager, ModelVersion
 from kvserve.server.repository import Repository, validate_name
-from kvserve.server.settings import PRECISIONS, Settings
+from kvserve.server.settings import PERFORMANCE_HINTS, PRECISIONS, Settings
 
 log = logging.getLogger("kvserve.server.uploads")
 
@@ -51,6 +51,9 @@ class UploadSpec:
     preprocess: dict[str, Any] | None = None
     labels: bytes = b""
     labels_filename: str = "labels"
+    calibration_npy: bytes = b""
+    calibration_images: list[bytes] = field(default_factory=list)
+    performance_hint: str = ""
 
 
 def checked_preprocess(data: dict[str, Any]) -> dict[str, Any]:
@@ -59,6 +62,23 @@ def checked_preprocess(data: dict[str, Any]) -> dict[str, Any]:
         return Preprocess.from_dict(data).to_dict()
     except ValueError as error:
         raise InvalidArgument(str(error)) from None
+
+
+def _stage_inputs(folder: Path, keys: tuple[str, str], npy: bytes, images: list[bytes]) -> dict[str, Any]:
+    """User-given inputs (parity samples, calibration data) go to files the converter child reads; returns
+    the job entry naming them: ``{keys[0]: the .npy path}`` or ``{keys[1]: [image paths]}``."""
+    if not npy and not images:
+        return {}
+    folder.mkdir()
+    if npy:
+        (folder / "inputs.npy").write_bytes(npy)
+        return {keys[0]: str(folder / "inputs.npy")}
+    paths = []
+    for index, data in enumerate(images):
+        path = folder / f"image-{index:04d}"
+        path.write_bytes(data)
+        paths.append(str(path))
+    return {keys[1]: paths}
 
 
 def _suffix(filename: str) -> str:
@@ -71,7 +91,7 @@ class UploadPipeline:
         self.repository = repository
         self.manager = manager
         self.settings = settings
-        self.launcher = ConverterLauncher(warm=settings.warm_converter, label=str(repository.root))
+        self.launcher = converter_launcher(settings.warm_converter, label=str(repository.root))
         self.slots = UploadSlots(settings.max_uploads, settings.upload_queue_s)
         self._active: set[Abandon] = set()
         self._finished = threading.Condition()
@@ -113,6 +133,11 @@ class UploadPipeline:
             spec.preprocess = checked_preprocess(spec.preprocess)
         if spec.labels:
             parse_labels(spec.labels, spec.labels_filename)  # fail before converting
+        if (spec.calibration_npy or spec.calibration_images) and spec.precision != "int8":
+            raise InvalidArgument(f"calibration data is only used by --precision int8, not {spec.precision}; drop it or ask for int8")
+        spec.performance_hint = spec.performance_hint.upper()
+        if spec.performance_hint and spec.performance_hint not in PERFORMANCE_HINTS:
+            raise InvalidArgument(f"unknown performance hint '{spec.performance_hint}'; use one of {', '.join(PERFORMANCE_HINTS)}")
         if spec.parity_tolerance < 0:
             raise InvalidArgument("parity tolerance must be positive (a max relative difference, e.g. 0.01)")
         if spec.size < 0 or spec.size > self.settings.max_upload_bytes:
@@ -158,7 +183,9 @@ class UploadPipeline:
             job = {"source": str(model_source), "format": fmt, "out_dir": str(staging), "precision": spec.precision,
                    "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": "TF" in spec.devices,
                    "tolerance": spec.parity_tolerance or None, "preprocess": spec.preprocess,
-                   **self._stage_samples(spec, staging)}
+                   **_stage_inputs(staging / "samples", ("samples_npy", "sample_images"), spec.samples_npy, spec.sample_images),
+                   **_stage_inputs(staging / "calibration", ("calibration_npy", "calibration_images"), spec.calibration_npy,
+                                   spec.calibration_images)}
             result: dict[str, Any] = {}
             converting = time.perf_counter()
             conversion_outcome = "failed"
@@ -170,6 +197,7 @@ class UploadPipeline:
                         yield {"stage": event["stage"].upper(), "message": event.get("message", "")}
             finally:
                 metrics.CONVERSION_SECONDS.labels(conversion_outcome).observe(time.perf_counter() - converting)
+            shutil.rmtree(staging / "calibration", ignore_errors=True)  # used up; it can be larger than the model
             parity = result["parity"]
             if result.get("conversion_error"):
                 yield {"stage": "CONVERTING", "message": f"{result['conversion_error']}; the original model will be served by TF"}
@@ -205,23 +233,6 @@ class UploadPipeline:
         finally:
             if not published:
                 shutil.rmtree(staging, ignore_errors=True)
-
-    @staticmethod
-    def _stage_samples(spec: UploadSpec, staging: Path) -> dict[str, Any]:
-        """User-given parity inputs go to files the converter child reads."""
-        if not spec.samples_npy and not spec.sample_images:
-            return {}
-        folder = staging / "samples"
-        folder.mkdir()
-        if spec.samples_npy:
-            (folder / "samples.npy").write_bytes(spec.samples_npy)
-            return {"samples_npy": str(folder / "samples.npy")}
-        paths = []
-        for index, data in enumerate(spec.sample_images):
-            path = folder / f"image-{index:04d}"
-            path.write_bytes(data)
-            paths.append(str(path))
-        return {"sample_images": paths}
 
     def _receive(self, spec: UploadSpec, chunks: Iterable[bytes], target: Path, abandon: Abandon) -> Iterator[dict[str, Any]]:
         digest = hashlib.sha256()
@@ -263,5 +274,8 @@ class UploadPipeline:
             "conversion_error": result.get("conversion_error"),
             "preprocess": result["preprocess"],
             "labels": None,
+            "quantization": result.get("quantization"),
+            "warnings": result.get("warnings", []),
+            "performance_hint": spec.performance_hint or None,
             "timings": {**timings, **result["timings"]},
         }

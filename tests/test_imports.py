@@ -15,8 +15,8 @@ atexit.register(lambda: print("HEAVY=" + ",".join(sorted({{m.split('.')[0] for m
 """
 
 
-def _heavy_modules_after(body: str) -> str:
-    result = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY, body=body)], capture_output=True, text=True, timeout=120)
+def _heavy_modules_after(body: str, heavy: tuple[str, ...] = HEAVY) -> str:
+    result = subprocess.run([sys.executable, "-c", PROBE.format(heavy=heavy, body=body)], capture_output=True, text=True, timeout=120)
     line = [l for l in result.stdout.splitlines() if l.startswith("HEAVY=")]
     assert line, result.stdout + result.stderr
     return line[-1].removeprefix("HEAVY=")
@@ -26,9 +26,13 @@ def test_import_client_loads_no_framework():
     assert _heavy_modules_after("import kvserve.client; kvserve.client.Client('127.0.0.1:1')") == ""
 
 
+def _kvctl(*args: str) -> str:
+    """A probe body that runs ``kvctl ARGS`` in the probe's process."""
+    return f"sys.argv = ['kvctl', *{args!r}]\nfrom kvserve.client.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+
+
 def test_kvctl_help_loads_no_framework():
-    body = "sys.argv = ['kvctl', '--help']\nfrom kvserve.client.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
-    assert _heavy_modules_after(body) == ""
+    assert _heavy_modules_after(_kvctl("--help")) == ""
 
 
 def test_kvctl_infer_path_loads_no_framework():
@@ -40,3 +44,8 @@ def test_plugin_modules_import_without_frameworks():
     # registering the built-in plugins must not import TensorFlow (only loading a TF-served model does)
     modules = _heavy_modules_after("from kvserve.plugins.manager import load_plugins; load_plugins()")
     assert "tensorflow" not in modules and "keras" not in modules
+
+
+def test_kvctl_help_loads_no_matplotlib():
+    # matplotlib is imported only when `kvctl benchmark --plot` draws a chart
+    assert _heavy_modules_after(_kvctl("benchmark", "--help"), HEAVY + ("matplotlib",)) == ""

@@ -32,4 +32,6 @@ def test_wire_field_numbers_of_infer_messages():
 
 def test_kvserve_service_package():
     assert kv.DESCRIPTOR.package == "kvserve.v1"
-    assert {"Upload", "Delete", "Describe", "Devices", "Plugins"} <= set(kv.DESCRIPTOR.services_by_name["KvServe"].methods_by_name)
+    assert {"Upload", "Delete", "Describe", "Devices", "Plugins", "Benchmark"} <= set(kv.DESCRIPTOR.services_by_name["KvServe"].methods_by_name)
+    benchmark = kv.DESCRIPTOR.services_by_name["KvServe"].methods_by_name["Benchmark"]
+    assert benchmark.server_streaming and not benchmark.client_streaming
