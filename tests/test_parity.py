@@ -237,7 +237,8 @@ def test_parity_report_tolerance_per_precision(precision, relative, passed):
 
 
 def test_parity_report_unknown_precision_uses_fp16_tolerance():
-    assert parity_report(reference, reference, SPECS, "int8")["tolerance_max_rel_diff"] == TOLERANCES["fp16"]
+    assert parity_report(reference, reference, SPECS, "bf16")["tolerance_max_rel_diff"] == TOLERANCES["fp16"]
+    assert parity_report(reference, reference, SPECS, "int8")["tolerance_max_rel_diff"] == TOLERANCES["int8"]
 
 
 @pytest.mark.parametrize("tolerance, passed", [(0.2, True), (0.05, False), (0.0, False)])
