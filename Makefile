@@ -37,7 +37,7 @@ check-protos: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py --seconds 60 --clients 4 --json bench/soak-results.json
 
-# Served vs in-process on the same IR, InceptionV3 batch 1 (about 15 minutes on 2 cores); see docs/benchmarks.md.
+# Served vs in-process on the same IR, InceptionV3 batch 1 (about 13 minutes on 2 cores); see docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python bench/serving.py $(BENCH_ARGS)
 

@@ -30,7 +30,15 @@ def core() -> Any:
             import openvino as ov
 
             _core = ov.Core()
+            _init_numpy_bridge(ov)
         return _core
+
+
+def _init_numpy_bridge(ov: Any) -> None:
+    """Make OpenVINO's bindings set up their numpy API now, in one thread. Their first use from two threads at
+    once (two requests arriving together on a fresh model) deadlocks in pybind11's ``gil_safe_call_once``."""
+    ov.Type.f32.to_dtype()
+    ov.Tensor(np.zeros(1, dtype=np.float32)).data  # noqa: B018 - the access is the point
 
 
 class OpenVINORunner:
