@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kvserve.plugins.types import TensorSpec
+from kvserve.proto.tensors import DATATYPES  # the one v2 datatype -> numpy table
 
 # Max rel diff allowed per precision. fp32 IR runs in f32 and should match to rounding; fp16 weights (and
 # bf16 execution on AMX CPUs) move outputs by up to ~1e-2 of their range; int8 moves them by up to ~1e-1
@@ -20,9 +21,6 @@ from kvserve.plugins.types import TensorSpec
 TOLERANCES: dict[str, float] = {"fp32": 1e-4, "fp16": 3e-2, "int8": 0.25}
 # Rows per call when running both models: a calibration set of large images does not fit in one batch.
 CHUNK = 16
-NUMPY_TYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
-               "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-               "UINT64": np.uint64, "BOOL": np.bool_}
 
 
 def seeded_inputs(specs: list[TensorSpec], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -31,10 +29,10 @@ def seeded_inputs(specs: list[TensorSpec], batch: int, seed: int = 0) -> dict[st
     feeds = {}
     for spec in specs:
         shape = [batch if i == 0 and d < 0 else (16 if d < 0 else d) for i, d in enumerate(spec.shape)]
-        dtype = NUMPY_TYPES[spec.datatype]
+        dtype = DATATYPES[spec.datatype]
         if np.issubdtype(dtype, np.floating):
             feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(dtype)
-        elif dtype is np.bool_:
+        elif dtype.kind == "b":
             feeds[spec.name] = rng.random(shape) > 0.5
         else:
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
@@ -112,7 +110,7 @@ def sample_feeds(inputs: list[TensorSpec], npy_path: str | None = None, image_pa
     if len(inputs) != 1:
         raise ValueError(f"sample inputs need a single-input model; this one has {len(inputs)} inputs")
     spec = inputs[0]
-    dtype = NUMPY_TYPES[spec.datatype]
+    dtype = DATATYPES[spec.datatype]
     if npy_path:
         array = np.load(npy_path, allow_pickle=False)
         if array.ndim == len(spec.shape) - 1:

@@ -7,12 +7,12 @@ fp32 IR (f32 execution) 1e-5; fp16-compressed weights 5e-3. Top-1 must match Ker
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from opsutil import converter_children
 
 TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3}
 
@@ -89,21 +89,16 @@ def test_typed_contents_are_accepted(served_digits, digits):
     np.testing.assert_allclose(typed, raw, atol=1e-7)
 
 
-def _converter_children(pid: int) -> list[str]:
-    result = subprocess.run(["pgrep", "-P", str(pid), "-f", "kvserve.server.convert_child"], capture_output=True, text=True)
-    return result.stdout.split()
-
-
 def test_a_converter_waits_warm_unless_disabled(kvd_factory, digits, tmp_path):
     warm = kvd_factory(tmp_path / "warm")
     cold = kvd_factory(tmp_path / "cold", "--no-warm-converter")
     deadline = time.monotonic() + 30
-    while not _converter_children(warm.process.pid) and time.monotonic() < deadline:
+    while not converter_children(warm.repository) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(_converter_children(warm.process.pid)) == 1
-    assert _converter_children(cold.process.pid) == []
+    assert len(converter_children(warm.repository)) == 1
+    assert converter_children(cold.repository) == []
     with cold.client() as client:
         assert client.upload(digits.paths["h5"], name="cold")["parity"]["passed"]
-    assert _converter_children(cold.process.pid) == []
+    assert converter_children(cold.repository) == []
     assert warm.stop() == 0
-    assert _converter_children(warm.process.pid) == []
+    assert converter_children(warm.repository) == []
