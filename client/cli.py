@@ -19,7 +19,7 @@ from kvserve.client.client import Client, UploadProgress, default_server
 import numpy as np
 
 from kvserve.client.inputs import InputError, NamedBatch, expand, load_input
-from kvserve.client.preprocessing import MODES, RESIZE_METHODS, Preprocess
+from kvserve.proto.images import MODES, RESIZE_METHODS, Preprocess
 
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3

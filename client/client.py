@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from kvserve.client import classes
-from kvserve.client.classes import TopClass
+from kvserve.proto import classes
+from kvserve.proto.classes import TopClass
 from kvserve.client.credentials import Credentials
 from kvserve.proto import grpc_service_pb2 as pb
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from kvserve.client.preprocessing import ImageError, Preprocess, image_shape, to_input
+from kvserve.proto.images import ImageError, Preprocess, image_shape, to_input
 from kvserve.proto.tensors import DATATYPES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}

@@ -15,21 +15,21 @@ import grpc
 from kvserve.plugins.manager import Plugins, load_plugins
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
-from kvserve.server import health, metrics
-from kvserve.server.auth import AuthInterceptor, load_tokens
-from kvserve.server.calls import CallObserver
+from kvserve.server.ops import health, metrics
+from kvserve.server.ops.auth import AuthInterceptor, load_tokens
+from kvserve.server.api.grpc.calls import CallObserver
 from kvserve.server.dataplane import DataPlane
-from kvserve.server.infer_codec import InferCodecInterceptor
-from kvserve.server.inference_servicer import InferenceServicer
-from kvserve.server.interceptors import ErrorInterceptor
-from kvserve.server.kvserve_servicer import KvServeServicer
-from kvserve.server.lifecycle import DrainInterceptor, Lifecycle
-from kvserve.server.limits import InferGate
-from kvserve.server.models import ModelManager
-from kvserve.server.repository import Repository
-from kvserve.server.security import check_exposure, server_credentials
+from kvserve.server.api.grpc.infer_codec import InferCodecInterceptor
+from kvserve.server.api.grpc.inference import InferenceServicer
+from kvserve.server.api.grpc.interceptors import ErrorInterceptor
+from kvserve.server.api.grpc.kvserve import KvServeServicer
+from kvserve.server.ops.lifecycle import DrainInterceptor, Lifecycle
+from kvserve.server.ops.limits import InferGate
+from kvserve.server.models.manager import ModelManager
+from kvserve.server.models.repository import Repository
+from kvserve.server.ops.security import check_exposure, server_credentials
 from kvserve.server.settings import Settings
-from kvserve.server.uploads import UploadPipeline
+from kvserve.server.uploads.pipeline import UploadPipeline
 
 log = logging.getLogger("kvserve.server")
 

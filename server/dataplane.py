@@ -12,14 +12,14 @@ from typing import Mapping
 
 import numpy as np
 
-from kvserve.client import classes
-from kvserve.client.preprocessing import ImageError, Preprocess, image_shape, to_input
+from kvserve.proto import classes
+from kvserve.proto.images import ImageError, Preprocess, image_shape, to_input
 from kvserve.plugins.types import TensorSpec
 from kvserve.proto.tensors import DATATYPES, datatype_of
-from kvserve.server import faults, metrics
+from kvserve.server.ops import faults, metrics
 from kvserve.server.errors import InvalidArgument
-from kvserve.server.limits import Call, InferGate, dropped, gone
-from kvserve.server.models import ModelManager, ModelVersion
+from kvserve.server.ops.limits import Call, InferGate, dropped, gone
+from kvserve.server.models.manager import ModelManager, ModelVersion
 
 
 def describe_specs(specs: list[TensorSpec]) -> str:

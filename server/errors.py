@@ -1,6 +1,6 @@
 """One exception hierarchy for every user-facing failure; each class carries its gRPC status code.
 
-The error interceptor (``kvserve.server.interceptors``) turns these into statuses; anything else becomes INTERNAL
+The error interceptor (``kvserve.server.api.grpc.interceptors``) turns these into statuses; anything else becomes INTERNAL
 with a generic message while the traceback goes to the log.
 """
 

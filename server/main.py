@@ -9,7 +9,7 @@ import signal
 import threading
 from pathlib import Path
 
-from kvserve.server.logs import FORMATS, configure
+from kvserve.server.ops.logs import FORMATS, configure
 from kvserve.server.settings import (DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_ADDRESS, PERFORMANCE_HINTS,
                                      PRECISIONS, Settings, default_repository)
 from kvserve.server.version import SERVER_VERSION

@@ -37,7 +37,7 @@ def converter_children(repository: Path) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "kvserve.server.convert_child" in cmdline and str(repository) in cmdline:
+        if "kvserve.server.uploads.convert_child" in cmdline and str(repository) in cmdline:
             pids.append(int(proc.name))
     return pids
 

@@ -148,7 +148,7 @@ def test_concurrent_infer_calls_run_at_the_same_time(tmp_path):
     from kvserve.client import Client
     from kvserve.plugins.types import TensorSpec
     from kvserve.server.app import build, start
-    from kvserve.server.models import READY, ModelVersion
+    from kvserve.server.models.manager import READY, ModelVersion
     from kvserve.server.settings import Settings
 
     daemon = build(Settings(repository=tmp_path / "repo", address="127.0.0.1:0"))
@@ -176,8 +176,8 @@ def test_concurrent_infer_calls_run_at_the_same_time(tmp_path):
 def test_performance_hint_precedence(tmp_path):
     from kvserve.plugins.manager import load_plugins
     from kvserve.server.main import parse_args
-    from kvserve.server.models import ModelManager
-    from kvserve.server.repository import Repository
+    from kvserve.server.models.manager import ModelManager
+    from kvserve.server.models.repository import Repository
 
     settings, _ = parse_args(["--repository", str(tmp_path), "--performance-hint", "latency"])
     assert settings.performance_hint == "LATENCY"

@@ -1,4 +1,4 @@
-"""Pure unit tests for kvserve.server.formats: sniffing uploads and unpacking SavedModel archives safely."""
+"""Pure unit tests for kvserve.server.uploads.formats: sniffing uploads and unpacking SavedModel archives safely."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kvserve.server import formats
+from kvserve.server.uploads import formats
 from kvserve.server.errors import InvalidArgument
 
 MB = 1 << 20

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from kvserve.server.errors import Cancelled, ResourceExhausted
-from kvserve.server.limits import InferGate
+from kvserve.server.ops.limits import InferGate
 
 
 class Runner:

@@ -14,9 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kvserve.plugins.types import Availability
-from kvserve.server.health import NOT_SERVING, SERVING, HealthReporter
-from kvserve.server.models import ModelManager
-from kvserve.server.repository import Repository
+from kvserve.server.ops.health import NOT_SERVING, SERVING, HealthReporter
+from kvserve.server.models.manager import ModelManager
+from kvserve.server.models.repository import Repository
 from kvserve.server.settings import Settings
 
 SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],

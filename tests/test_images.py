@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kvserve.client import classes
-from kvserve.client.preprocessing import MODES, Preprocess, decode, scale, to_input
+from kvserve.proto import classes
+from kvserve.proto.images import MODES, Preprocess, decode, scale, to_input
 
 KVCTL = str(Path(sys.executable).parent / "kvctl")
 from digits import LABELS  # noqa: E402 - examples/ is on sys.path (conftest)
 
 
 def reference(pixels: np.ndarray, mode: str) -> np.ndarray:
-    """The formulas, written out independently of kvserve.client.preprocessing (x: HWC float 0-255)."""
+    """The formulas, written out independently of kvserve.proto.images (x: HWC float 0-255)."""
     x = pixels.astype(np.float64)
     rgb = x.shape[-1] == 3
     if mode == "none":
@@ -65,7 +65,7 @@ def test_exif_orientation_and_center_crop():
 
 
 def test_bad_image_bytes_are_an_image_error():
-    from kvserve.client.preprocessing import ImageError
+    from kvserve.proto.images import ImageError
 
     with pytest.raises(ImageError, match="not a readable image"):
         to_input(b"not an image", [-1, 8, 8, 1], Preprocess())

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from kvserve.server.parity import TOLERANCES
+from kvserve.server.uploads.parity import TOLERANCES
 
 KVCTL = Path(sys.executable).with_name("kvctl")
 

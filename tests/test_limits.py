@@ -160,5 +160,5 @@ def test_json_log_lines(kvd):
     events = [json.loads(line) for line in kvd.log().splitlines() if line.startswith("{")]
     call = next(e for e in events if e.get("id") == "json-1")
     assert call["msg"] == "rpc" and call["method"] == "ModelInfer" and call["model"] == "digits" and call["code"] == "OK"
-    assert call["version"] == "1" and call["logger"] == "kvserve.server.calls" and call["ms"] > 0
+    assert call["version"] == "1" and call["logger"] == "kvserve.server.api.grpc.calls" and call["ms"] > 0
     assert any(e["msg"].startswith("kvd listening on 127.0.0.1") for e in events)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from kvserve.server.logs import JsonFormatter, TextFormatter
+from kvserve.server.ops.logs import JsonFormatter, TextFormatter
 
 
 def _record(message: str, fields: dict | None = None, exc: bool = False) -> logging.LogRecord:

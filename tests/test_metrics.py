@@ -55,7 +55,7 @@ def test_metrics_after_traffic(served_digits, digits):
 
     log = served_digits.log()
     line = next(line for line in log.splitlines() if "id=metrics-3" in line)
-    assert "kvserve.server.calls: rpc" in line and "method=ModelInfer" in line and "model=digits" in line and "code=OK" in line
+    assert "kvserve.server.api.grpc.calls: rpc" in line and "method=ModelInfer" in line and "model=digits" in line and "code=OK" in line
     assert sum("id=metrics-" in line for line in log.splitlines()) == 5
 
 

@@ -1,4 +1,4 @@
-"""Pure unit tests for kvserve.server.parity (seeded inputs, compare, parity_report) and TensorSpec."""
+"""Pure unit tests for kvserve.server.uploads.parity (seeded inputs, compare, parity_report) and TensorSpec."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kvserve.plugins.types import TensorSpec
-from kvserve.server.parity import TOLERANCES, compare, parity_report, seeded_inputs
+from kvserve.server.uploads.parity import TOLERANCES, compare, parity_report, seeded_inputs
 
 IMAGE = TensorSpec("image", "FP32", (-1, 8, 8, 3))
 

@@ -1,4 +1,4 @@
-"""Pure unit tests for kvserve.server.repository: names, versions, atomic publish, delete, staging, paths."""
+"""Pure unit tests for kvserve.server.models.repository: names, versions, atomic publish, delete, staging, paths."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kvserve.server import repository as repo_module
+from kvserve.server.models import repository as repo_module
 from kvserve.server.errors import InvalidArgument, NotFound
-from kvserve.server.repository import MANIFEST, Repository, parse_version, validate_name, write_json
+from kvserve.server.models.repository import MANIFEST, Repository, parse_version, validate_name, write_json
 
 GOOD_NAMES = ["a", "A1._-x", "a" * 64, "Z", "9lives", "model.v2", "a_b-c.d"]
 BAD_NAMES = ["../x", "a/b", "..", ".", ".x", "-x", "_x", "", "a" * 65, "a\\b", "modèle", "モデル", "a b", " a", "a ",

@@ -13,8 +13,8 @@ import pytest
 
 from opsutil import copy_model, make_certs
 
-from kvserve.server.auth import ADMIN, READ, load_tokens, role_needed
-from kvserve.server.security import check_exposure, is_loopback
+from kvserve.server.ops.auth import ADMIN, READ, load_tokens, role_needed
+from kvserve.server.ops.security import check_exposure, is_loopback
 from kvserve.server.settings import Settings
 
 ADMIN_TOKEN = "admin-" + "a" * 32

@@ -1,7 +1,7 @@
-"""The converter child process: ``python -m kvserve.server.convert_child``, reading a job file's path on stdin.
+"""The converter child process: ``python -m kvserve.server.uploads.convert_child``, reading a job file's path on stdin.
 
 TensorFlow (and NNCF, for int8) lives only here, so a converter crash, hang or OOM costs one upload, never the
-daemon. It speaks the protocol of ``kvserve.server.child``: ``{"stage": ...}`` events while working, then the
+daemon. It speaks the protocol of ``kvserve.server.uploads.child``: ``{"stage": ...}`` events while working, then the
 result or a classified error.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kvserve.plugins.types import ConversionFailed, ConversionOptions, ModelRejected, UnsafeModel
-from kvserve.server import faults
-from kvserve.server.child import child_main, emit
+from kvserve.server.ops import faults
+from kvserve.server.uploads.child import child_main, emit
 
 
 def _corrupt_weights(bin_path: Path) -> None:
@@ -52,7 +52,7 @@ def converter_for(fmt: str) -> Any:
 
 
 def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
-    from kvserve.server.parity import parity_report, sample_feeds
+    from kvserve.server.uploads.parity import parity_report, sample_feeds
 
     fault = os.environ.get("KVSERVE_TEST_FAULT", "")
     if fault == "converter-crash":  # test-only fault injection: a converter that dies hard
@@ -116,7 +116,7 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
 
 def _preprocess(requested: dict[str, Any] | None, model_name: str, inputs: list[Any]) -> dict[str, Any]:
     """The user's choice, else the Keras preprocessing of a recognised application architecture, else none."""
-    from kvserve.client.preprocessing import Preprocess, image_shape, suggested_mode
+    from kvserve.proto.images import Preprocess, image_shape, suggested_mode
 
     if requested is not None:
         return {**requested, "source": "user"}
@@ -127,7 +127,7 @@ def _preprocess(requested: dict[str, Any] | None, model_name: str, inputs: list[
 def _quantize(channel: TextIO, model: Any, xml: Path, job: dict[str, Any], preprocess: dict[str, Any]
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Replace the FP32 IR at ``xml`` by its INT8 quantization; returns (calibration feeds, manifest fields)."""
-    from kvserve.server.quantize import SYNTHETIC_WARNING, calibration_feeds, quantize_ir
+    from kvserve.server.uploads.quantize import SYNTHETIC_WARNING, calibration_feeds, quantize_ir
 
     feeds, source, synthetic = calibration_feeds(model.inputs, job.get("calibration_npy"), job.get("calibration_images"), preprocess)
     if synthetic:

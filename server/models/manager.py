@@ -21,10 +21,10 @@ from kvserve.plugins import safe
 from kvserve.plugins.manager import Plugins
 from kvserve.plugins.types import LoadRequest, Runner, TensorSpec
 from kvserve.server.errors import FailedPrecondition, NotFound, Unavailable
-from kvserve.server.repository import NAME_PATTERN, Repository, parse_version
+from kvserve.server.models.repository import NAME_PATTERN, Repository, parse_version
 from kvserve.server.settings import Settings
 
-log = logging.getLogger("kvserve.server.models")
+log = logging.getLogger("kvserve.server.models.manager")
 
 READY = "READY"
 LOADING = "LOADING"

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from kvserve.proto import grpc_service_pb2 as pb
 from kvserve.proto import kvserve_service_pb2 as kv
-from kvserve.server.models import READY, ModelManager
+from kvserve.server.models.manager import READY, ModelManager
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -13,13 +13,13 @@ from kvserve.plugins import safe
 from kvserve.plugins.manager import Plugins
 from kvserve.proto import kvserve_service_pb2 as kv
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
-from kvserve.server.benchmarks import Benchmarks, BenchmarkSpec
+from kvserve.server.uploads.benchmarks import Benchmarks, BenchmarkSpec
 from kvserve.server.errors import Cancelled, InvalidArgument, NotFound
-from kvserve.server.limits import Abandon
-from kvserve.server.models import ModelManager
-from kvserve.server.repository import parse_version
-from kvserve.server.labels import check_count, parse_labels
-from kvserve.server.uploads import UploadPipeline, UploadSpec, checked_preprocess
+from kvserve.server.ops.limits import Abandon
+from kvserve.server.models.manager import ModelManager
+from kvserve.server.models.repository import parse_version
+from kvserve.server.models.labels import check_count, parse_labels
+from kvserve.server.uploads.pipeline import UploadPipeline, UploadSpec, checked_preprocess
 
 
 def _preprocessing(message: kv.Preprocessing) -> dict[str, Any]:

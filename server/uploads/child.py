@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from kvserve.server.errors import FailedPrecondition, Internal, InvalidArgument, KvError, NotFound, ResourceExhausted
-from kvserve.server.limits import Abandon
+from kvserve.server.ops.limits import Abandon
 
-log = logging.getLogger("kvserve.server.child")
+log = logging.getLogger("kvserve.server.uploads.child")
 
 WATCH_INTERVAL_S = 0.1  # how soon a timeout or a cancelled call stops the child
 

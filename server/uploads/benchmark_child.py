@@ -1,4 +1,4 @@
-"""The benchmark child process: ``python -m kvserve.server.benchmark_child JOB.json``.
+"""The benchmark child process: ``python -m kvserve.server.uploads.benchmark_child JOB.json``.
 
 Measures one model the way the seed tutorial did (Keras ``predict``, a compiled ``tf.function``, OpenVINO),
 for each OpenVINO device and precision asked for. TensorFlow is imported only here. Each row: synchronous
@@ -18,7 +18,7 @@ from typing import Any, Callable, TextIO
 import numpy as np
 
 from kvserve.plugins.types import ConversionOptions, LoadRequest, ModelRejected, TensorSpec, UnsafeModel
-from kvserve.server.child import child_main, emit
+from kvserve.server.uploads.child import child_main, emit
 
 PRECISION_CONFIG = {"fp32": {"INFERENCE_PRECISION_HINT": "f32"}, "default": {}, "fp16": {}, "int8": {}}
 
@@ -61,7 +61,7 @@ class Bench:
         self._source: Any = None
 
     def _feeds(self) -> tuple[dict[str, np.ndarray], str]:
-        from kvserve.server.parity import sample_feeds, seeded_inputs
+        from kvserve.server.uploads.parity import sample_feeds, seeded_inputs
 
         if self.job.get("sample_npy"):
             try:
@@ -89,7 +89,7 @@ class Bench:
     def source(self) -> Any:
         """The upload loaded by its converter plugin (a SourceModel), once."""
         if self._source is None:
-            from kvserve.server.convert_child import converter_for
+            from kvserve.server.uploads.convert_child import converter_for
 
             fmt = self.manifest["source"]["format"]
             path = self.model_dir / self.manifest["source"].get("savedmodel_dir", self.manifest["source"]["file"])

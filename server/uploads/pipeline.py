@@ -20,17 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from kvserve.client.preprocessing import Preprocess
-from kvserve.server import formats, metrics
-from kvserve.server.conversion import converter_launcher, run_conversion
+from kvserve.proto.images import Preprocess
+from kvserve.server.uploads import formats
+from kvserve.server.ops import metrics
+from kvserve.server.uploads.conversion import converter_launcher, run_conversion
 from kvserve.server.errors import FailedPrecondition, InvalidArgument, KvError, ResourceExhausted, Unavailable
-from kvserve.server.labels import check_count, parse_labels
-from kvserve.server.limits import Abandon, UploadSlots
-from kvserve.server.models import READY, ModelManager, ModelVersion
-from kvserve.server.repository import Repository, validate_name
+from kvserve.server.models.labels import check_count, parse_labels
+from kvserve.server.ops.limits import Abandon, UploadSlots
+from kvserve.server.models.manager import READY, ModelManager, ModelVersion
+from kvserve.server.models.repository import Repository, validate_name
 from kvserve.server.settings import PERFORMANCE_HINTS, PRECISIONS, Settings
 
-log = logging.getLogger("kvserve.server.uploads")
+log = logging.getLogger("kvserve.server.uploads.pipeline")
 
 PROGRESS_EVERY_BYTES = 4 * 1024 * 1024
 SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".keras", ".h5", ".hdf5")

@@ -15,8 +15,8 @@ from kvserve.proto.tensors import decode_request_inputs, encode_response_outputs
 from kvserve.proto.wire import InferResponseView
 from kvserve.server.dataplane import DataPlane
 from kvserve.server.errors import InvalidArgument, NotFound
-from kvserve.server.models import READY, ModelManager, ModelVersion
-from kvserve.server.repository import parse_version
+from kvserve.server.models.manager import READY, ModelManager, ModelVersion
+from kvserve.server.models.repository import parse_version
 from kvserve.server.settings import Settings
 from kvserve.server.version import SERVER_NAME, SERVER_VERSION
 
@@ -91,7 +91,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         requested = [output.name for output in request.outputs]
         model, outputs = self.dataplane.infer(request.model_name, request.model_version, inputs, requested,
                                               _classification(request), call=context)
-        # A view, serialized by kvserve.server.infer_codec without copying the outputs into protobuf first.
+        # A view, serialized by kvserve.server.api.grpc.infer_codec without copying the outputs into protobuf first.
         response = InferResponseView(pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id))
         encode_response_outputs(response, outputs)
         return response

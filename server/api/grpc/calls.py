@@ -15,11 +15,11 @@ from typing import Any, Callable, Iterator
 
 import grpc
 
-from kvserve.server import metrics
-from kvserve.server.interceptors import scoped
-from kvserve.server.logs import event
+from kvserve.server.ops import metrics
+from kvserve.server.api.grpc.interceptors import scoped
+from kvserve.server.ops.logs import event
 
-log = logging.getLogger("kvserve.server.calls")
+log = logging.getLogger("kvserve.server.api.grpc.calls")
 
 PROBES = {"ServerLive", "ServerReady", "ModelReady", "Check", "Watch"}
 

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from kvserve.server import faults
+from kvserve.server.ops import faults
 from kvserve.server.errors import InvalidArgument, NotFound
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from kvserve.server.child import ChildJob, Launcher, run_child
-from kvserve.server.limits import Abandon
+from kvserve.server.uploads.child import ChildJob, Launcher, run_child
+from kvserve.server.ops.limits import Abandon
 
 CONVERSION = ChildJob(
-    module="kvserve.server.convert_child",
+    module="kvserve.server.uploads.convert_child",
     noun="conversion",
     worker="converter process",
     lost="the upload was discarded",

@@ -118,7 +118,7 @@ def sample_feeds(inputs: list[TensorSpec], npy_path: str | None = None, image_pa
         if array.ndim != len(spec.shape) or any(d >= 0 and d != a for d, a in zip(spec.shape, array.shape)):
             raise ValueError(f"sample array of shape {list(array.shape)} does not fit input '{spec.name}' {list(spec.shape)}")
         return {spec.name: array.astype(dtype)}, f"user samples (.npy, {array.shape[0]})"
-    from kvserve.client.preprocessing import Preprocess, to_input  # Pillow and numpy only
+    from kvserve.proto.images import Preprocess, to_input  # Pillow and numpy only
 
     steps = Preprocess.from_dict(preprocess)
     images = [to_input(Path(p), spec.shape, steps) for p in image_paths or []]

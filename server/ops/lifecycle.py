@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import grpc
 
-from kvserve.server.interceptors import refusing, scoped
+from kvserve.server.api.grpc.interceptors import refusing, scoped
 
 log = logging.getLogger("kvserve.server")
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from kvserve.plugins.types import ModelRejected, TensorSpec
-from kvserve.server.parity import sample_feeds, seeded_inputs
+from kvserve.server.uploads.parity import sample_feeds, seeded_inputs
 
 # NNCF's own default subset size; more samples cost time and memory without changing the ranges much.
 MAX_CALIBRATION_SAMPLES = 300

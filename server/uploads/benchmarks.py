@@ -17,10 +17,10 @@ from kvserve.plugins import safe
 from kvserve.plugins.backends.openvino_devices import OpenVINOBackend
 from kvserve.plugins.backends.tensorflow_fallback import SOURCE_FORMATS
 from kvserve.plugins.types import Availability
-from kvserve.server.child import ChildJob, Launcher, run_child
+from kvserve.server.uploads.child import ChildJob, Launcher, run_child
 from kvserve.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from kvserve.server.models import ModelManager
-from kvserve.server.repository import parse_version
+from kvserve.server.models.manager import ModelManager
+from kvserve.server.models.repository import parse_version
 
 FRAMEWORKS = ("keras", "tf")
 KERAS_FORMATS = ("keras-h5", "keras-v3")
@@ -31,7 +31,7 @@ MAX_ITERATIONS = 10_000
 MAX_BATCH = 256
 
 BENCHMARK = ChildJob(
-    module="kvserve.server.benchmark_child",
+    module="kvserve.server.uploads.benchmark_child",
     noun="benchmark",
     worker="benchmark process",
     lost="no results were produced",

@@ -16,9 +16,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from kvserve.server.models import ModelManager
+    from kvserve.server.models.manager import ModelManager
 
-log = logging.getLogger("kvserve.server.metrics")
+log = logging.getLogger("kvserve.server.ops.metrics")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import grpc
 
-from kvserve.server.interceptors import refusing
+from kvserve.server.api.grpc.interceptors import refusing
 
-log = logging.getLogger("kvserve.server.auth")
+log = logging.getLogger("kvserve.server.ops.auth")
 
 READ = "read"
 ADMIN = "admin"

@@ -1,0 +1,1 @@
+"""gRPC servicers and interceptors: KServe v2 inference, kvserve.v1."""

@@ -1,0 +1,1 @@
+"""Which models exist and what is loaded: the repository on disk and the model manager."""

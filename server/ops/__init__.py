@@ -1,0 +1,1 @@
+"""Running kvd safely: health, metrics, auth, security, limits, lifecycle, logs, fault injection."""
