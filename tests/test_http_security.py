@@ -76,3 +76,28 @@ def test_http_disabled_with_empty_address(kvd_factory, repo):
     assert "HTTP (KServe v2 REST" not in kvd.log()
     with kvd.client() as client:
         assert client.ready()
+
+
+def test_drain_finishes_running_http_calls_and_refuses_new_ones(kvd_factory, repo):
+    import signal
+    import threading
+
+    from opsutil import sample, scrape, wait_for
+
+    kvd = kvd_factory(repo, "--grace-seconds", "20", env={"KVSERVE_TEST_FAULT": "slow-infer=3"})
+    http = kvd.http_url
+    name = requests.get(http + "/v2/models/digits", timeout=30).json()["inputs"][0]["name"]
+    body = {"inputs": [{"name": name, "shape": [1, 8, 8, 1], "datatype": "FP32", "data": [0.0] * 64}]}
+    result: dict[str, requests.Response] = {}
+    running = threading.Thread(target=lambda: result.setdefault("r", requests.post(http + "/v2/models/digits/infer", json=body, timeout=60)))
+    running.start()
+    wait_for(lambda: sample(scrape(kvd.metrics_url), "kvserve_inflight_requests", method="ModelInfer", model="digits") >= 1, 30,
+             "the HTTP call to be running")
+    kvd.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: "shutting down" in kvd.log(), 10, "kvd to start draining")
+    refused = requests.post(http + "/v2/models/digits/infer", json=body, timeout=30)
+    assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
+    assert requests.get(http + "/v2/health/ready", timeout=30).status_code == 503
+    running.join(60)
+    assert result["r"].status_code == 200, result["r"].text
+    assert kvd.process.wait(60) == 0

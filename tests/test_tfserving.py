@@ -207,3 +207,14 @@ def test_rest_errors_are_tf_serving_shaped(served_digits, rgb, method, path, bod
         response = requests.request(method, url, json=body, timeout=60)
     assert response.status_code == status, response.text
     assert set(response.json()) == {"error"} and needle in response.json()["error"], response.json()
+
+
+def test_http_calls_are_in_kvds_metrics(served_digits):
+    from opsutil import sample, scrape
+
+    requests.post(f"{served_digits.http_url}/v1/models/digits32:predict", json={"instances": [[1.0]]}, timeout=60)
+    requests.post(f"{served_digits.http_url}/v1/models/digits32:predict", json={"instances": [[[[0.0]] * 8] * 8]}, timeout=60)
+    samples = scrape(served_digits.metrics_url)
+    assert sample(samples, "kvserve_requests_total", method="Predict", model="digits32", code="OK") >= 1
+    assert sample(samples, "kvserve_requests_total", method="Predict", model="digits32", code="INVALID_ARGUMENT") >= 1
+    assert sample(samples, "kvserve_request_inference_seconds_count", model="digits32") >= 1
