@@ -101,16 +101,19 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _labels(door: Door, model: object, version: object) -> tuple[str, str]:
+    """Metric labels: only models that exist and numeric versions, so label sets stay bounded."""
+    name = model if isinstance(model, str) and door.manager.has(model) else ""
+    return name, version if name and isinstance(version, str) and version.isdigit() else ""
+
+
 def endpoint(door: Door, method: str, handler: Handler, drains: bool = True) -> Handler:
     """Wrap a route: drain and concurrency checks, the call counted for graceful shutdown, metrics, a log line,
     and any exception turned into ``{"error": ...}`` (unexpected ones as 500, traceback in the log only)."""
 
     async def run(request: Request) -> Response:
         started = time.perf_counter()
-        model = request.path_params.get("model", "")
-        model = model if isinstance(model, str) and door.manager.has(model) else ""
-        version = request.path_params.get("version", "")
-        version = version if isinstance(version, str) and version.isdigit() else ""
+        model, version = _labels(door, request.path_params.get("model"), request.path_params.get("version"))
         metrics.IN_FLIGHT.labels(method, model).inc()
         door.active += 1
         code_name = "OK"
@@ -137,6 +140,8 @@ def endpoint(door: Door, method: str, handler: Handler, drains: bool = True) -> 
         finally:
             door.active -= 1
             metrics.IN_FLIGHT.labels(method, model).dec()
+            if not model and hasattr(request.state, "model"):  # routes that parse the name themselves (TF Serving)
+                model, version = _labels(door, request.state.model, getattr(request.state, "version", ""))
             seconds = time.perf_counter() - started
             metrics.REQUESTS.labels(method, model, version, code_name).inc()
             metrics.REQUEST_SECONDS.labels(method, model, version).observe(seconds)

@@ -51,6 +51,7 @@ def routes(door: Door) -> list[BaseRoute]:
 
     async def get(request: Request) -> Response:
         name, number, label, tail = _parse(request.path_params["path"])
+        request.state.model, request.state.version = name, str(number or "")
         if tail not in ("", "/metadata"):
             raise NotFound(f"GET {request.url.path}: use GET .../metadata, or POST ...{tail}")
         if tail == "":
@@ -73,6 +74,7 @@ def routes(door: Door) -> list[BaseRoute]:
 
     async def post(request: Request) -> Response:
         name, number, label, tail = _parse(request.path_params["path"])
+        request.state.model, request.state.version = name, str(number or "")
         if tail in (":classify", ":regress"):
             raise Unimplemented(f"{tail[1:]} is not implemented by kvd; use :predict")
         if tail != ":predict":
