@@ -32,7 +32,9 @@ def bind(address: str) -> socket.socket:
     except ValueError:
         raise OSError(f"invalid --http-address {address!r}: use host:port, e.g. 127.0.0.1:8501, or '' to disable") from None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (proto 0 does not),
+    # and without it Nagle holds each response's body behind its headers for a delayed ACK (~40 ms per call).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, number))
