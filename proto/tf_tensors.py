@@ -30,6 +30,11 @@ VALUE_FIELDS: dict[str, str] = {
 }
 
 
+# A single typed value may fill a shape (TF's rule), but never past what one message may carry: a tiny request
+# must not make kvd allocate gigabytes.
+MAX_FILL_BYTES = 256 * 1024 * 1024
+
+
 def dtype_name(number: int) -> str:
     try:
         return tf.DataType.Name(number)
@@ -65,6 +70,9 @@ def to_numpy(name: str, proto: tf.TensorProto) -> np.ndarray:
     if len(values) not in (count, 1) or (count == 0 and len(values)):
         raise TensorError(f"input '{name}': {field} holds {len(values)} values but shape {list(shape)} needs {count} "
                           "(or 1, repeated)")
+    if len(values) == 1 and count > 1 and count * max(DATATYPES[v2].itemsize, 8) > MAX_FILL_BYTES:
+        raise TensorError(f"input '{name}': shape {list(shape)} asks to repeat one value {count} times, more than a "
+                          f"request may carry ({MAX_FILL_BYTES >> 20} MiB); send the values")
     if v2 == "BYTES":
         array = np.empty(count, dtype=object)
         array[:] = list(values) if len(values) == count else [values[0]] * count

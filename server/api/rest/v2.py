@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from google.protobuf import json_format
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,11 +20,11 @@ from kvserve.server.models.manager import READY
 from kvserve.server.models.repository import parse_version
 
 from .guard import Door, endpoint, read_body
-from .v2_codec import HEADER_LENGTH, decode_infer, encode_infer, parse_json, split_body
+from .v2_codec import HEADER_LENGTH, decode_infer, dumps, encode_infer, parse_json, split_body
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, media_type="application/json")
+    return Response(dumps(data), status_code=status, media_type="application/json")
 
 
 def _message_json(message: Any) -> dict[str, Any]:

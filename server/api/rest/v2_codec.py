@@ -33,6 +33,20 @@ class InferRequest:
     request_id: str = ""
 
 
+def _fallback(value: Any) -> Any:
+    """What orjson cannot write natively: non-contiguous arrays and numpy scalars of other kinds."""
+    if isinstance(value, np.ndarray):
+        return np.ascontiguousarray(value) if value.dtype != object else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def dumps(data: Any) -> bytes:
+    """JSON bytes, numpy arrays written directly (no Python lists in between)."""
+    return orjson.dumps(data, default=_fallback, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def parse_json(data: bytes | memoryview, what: str = "request body") -> Any:
     try:
         return orjson.loads(data)
@@ -195,7 +209,7 @@ def encode_infer(model_name: str, model_version: str, request_id: str, outputs: 
     answer: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": tensors}
     if request_id:
         answer["id"] = request_id
-    header = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+    header = dumps(answer)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
