@@ -201,3 +201,23 @@ def test_curl_health_metadata_infer(http, digits):
     out = subprocess.run(["curl", "-sf", "-X", "POST", "-H", "Content-Type: application/json", "-d", body,
                           f"{http}/v2/models/digits32/infer"], capture_output=True, timeout=60)
     assert out.returncode == 0 and json.loads(out.stdout)["outputs"][0]["shape"] == [1, 10]
+
+
+def test_compressed_bodies_and_unimplemented_routes(http, digits, grpc_answer):
+    import gzip
+    import zlib
+
+    name, output = _names(http)
+    x = digits.x_test[:4]
+    body = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}]}).encode()
+    for encoding, data in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+        response = requests.post(f"{http}/v2/models/digits32/infer", data=data, headers={"Content-Encoding": encoding}, timeout=60)
+        assert response.status_code == 200, response.text
+        np.testing.assert_allclose(np.asarray(response.json()["outputs"][0]["data"]).reshape(4, -1), grpc_answer[output], rtol=1e-6)
+    bomb = gzip.compress(b" " * (300 * 1024 * 1024))  # 300 MiB of spaces in ~300 KB
+    response = requests.post(f"{http}/v2/models/digits32/infer", data=bomb, headers={"Content-Encoding": "gzip"}, timeout=60)
+    assert response.status_code == 400 and "decompressed body exceeds" in response.json()["error"]
+    bad = requests.post(f"{http}/v2/models/digits32/infer", data=b"xx", headers={"Content-Encoding": "br"}, timeout=60)
+    assert bad.status_code == 400 and "not supported" in bad.json()["error"]
+    stats = requests.get(f"{http}/v2/models/digits32/stats", timeout=30)
+    assert stats.status_code == 501 and "not implemented" in stats.json()["error"]

@@ -28,6 +28,10 @@ class HttpError(KvError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class Unimplemented(KvError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 def http_status(code: grpc.StatusCode) -> int:
     return STATUS.get(code, 400)
 

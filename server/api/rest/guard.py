@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -98,7 +99,23 @@ async def read_body(request: Request, limit: int) -> bytes:
             chunks.append(chunk)
     except ClientDisconnect:
         raise Cancelled("the client closed the connection before sending the whole body") from None
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    return body if encoding in ("", "identity") else _decompress(body, encoding, limit)
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """gzip/deflate request bodies (tritonclient's request_compression_algorithm), never past ``limit``."""
+    if encoding not in ("gzip", "deflate"):
+        raise HttpError(f"Content-Encoding '{encoding[:20]}' is not supported; send identity, gzip or deflate")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise HttpError(f"the {encoding} body does not decompress ({error})") from None
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise HttpError(f"the decompressed body exceeds kvd's limit of {limit} bytes (kvd --max-message-mb)")
+    return data
 
 
 def _labels(door: Door, model: object, version: object) -> tuple[str, str]:

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import re
-
-import grpc
 from typing import Any
 
 from starlette.requests import Request
@@ -15,8 +13,9 @@ from starlette.routing import BaseRoute, Route
 from kvserve.server.api.infer_adapter import blocking, infer
 from kvserve.server.api.tfserving_models import (PREDICT_METHOD, SIGNATURE, check_signature, signature, statuses,
                                                  version_text)
-from kvserve.server.errors import InvalidArgument, KvError, NotFound
+from kvserve.server.errors import InvalidArgument, NotFound
 
+from .errors import Unimplemented
 from .guard import Door, endpoint, read_body
 from .tfserving_codec import decode_predict, encode_predict
 from .v2 import json_response
@@ -25,10 +24,6 @@ from .v2_codec import parse_json
 # name, then optional /versions/N or /labels/L, then /metadata or :verb
 PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?(?P<tail>/metadata|:[a-z]+)?")
 ERROR_CODES = {0: "OK", 2: "UNKNOWN"}
-
-
-class Unimplemented(KvError):
-    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 def _parse(path: str) -> tuple[str, int | None, str, str]:

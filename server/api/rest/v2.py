@@ -19,6 +19,7 @@ from kvserve.server.errors import InvalidArgument, NotFound
 from kvserve.server.models.manager import READY
 from kvserve.server.models.repository import parse_version
 
+from .errors import Unimplemented
 from .guard import Door, endpoint, read_body
 from .v2_codec import HEADER_LENGTH, decode_infer, dumps, encode_infer, parse_json, split_body
 
@@ -111,6 +112,10 @@ def routes(door: Door) -> list[BaseRoute]:
         await blocking(door.manager.unload, name)
         return json_response({})
 
+    async def unimplemented(request: Request) -> Response:
+        raise Unimplemented(f"{request.method} {request.url.path} (statistics, shared memory, trace, logging, generate) "
+                            "is not implemented by kvd")
+
     def route(path: str, method: str, handler: Any, methods: tuple[str, ...] = ("GET",), drains: bool = True) -> Route:
         return Route(path, endpoint(door, method, handler, drains), methods=list(methods))
 
@@ -126,6 +131,10 @@ def routes(door: Door) -> list[BaseRoute]:
             route(base + "/config", "ModelConfig", model_config),
             route(base + "/infer", "ModelInfer", model_infer, ("POST",)),
         )],
+        *[route(path, "Unimplemented", unimplemented, ("GET", "POST")) for path in (
+            "/v2/models/stats", model + "/stats", versioned + "/stats", model + "/generate", model + "/generate_stream",
+            "/v2/systemsharedmemory/{rest:path}", "/v2/cudasharedmemory/{rest:path}", "/v2/trace/setting",
+            model + "/trace/setting", "/v2/logging")],
         route("/v2/repository/index", "RepositoryIndex", repository_index, ("POST",)),
         route("/v2/repository/models/{model}/load", "RepositoryModelLoad", repository_load, ("POST",)),
         route("/v2/repository/models/{model}/unload", "RepositoryModelUnload", repository_unload, ("POST",)),
