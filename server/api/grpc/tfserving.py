@@ -2,7 +2,9 @@
 and ``ModelService`` (GetModelStatus), so clients built on tensorflow-serving-api work unchanged.
 
 Thin, like the v2 servicer: TensorProto -> numpy, the data plane, numpy -> TensorProto. Each RPC is one call of
-a pure request/response helper around the data plane, so the async core only has to ``await`` that call.
+a pure request/response helper around the data plane. ``add_to_server`` registers the thread-pool servicers on a
+``grpc.Server`` and the ``async def`` ones on a ``grpc.aio.Server`` (they reach the data plane through
+``kvserve.server.api.infer_adapter``, which awaits an async ``DataPlane.infer`` or runs a sync one off the loop).
 Classify, Regress, MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED (the generated base class
 raises NotImplementedError, which the error interceptor maps).
 """
@@ -18,6 +20,7 @@ from kvserve.proto import tensorflow_serving_pb2 as tfs
 from kvserve.proto import tensorflow_serving_pb2_grpc as tfs_grpc
 from kvserve.proto import tensorflow_tensor_pb2 as tf
 from kvserve.proto.tf_tensors import from_numpy, to_numpy
+from kvserve.server.api import infer_adapter
 from kvserve.server.api.tfserving_models import PREDICT_METHOD, SIGNATURE, check_signature, signature, statuses, version_text
 from kvserve.server.errors import InvalidArgument
 from kvserve.server.models.manager import ModelManager, ModelVersion
@@ -127,6 +130,53 @@ class ModelServicer(tfs_grpc.ModelServiceServicer):
         return status_response(self.manager, request)
 
 
-def add_to_server(manager: ModelManager, dataplane: Any, server: grpc.Server) -> None:
+class AsyncPredictionServicer(tfs_grpc.PredictionServiceServicer):
+    """The same RPCs for grpc.aio: nothing blocks the event loop."""
+
+    def __init__(self, manager: ModelManager, dataplane: Any) -> None:
+        self.manager = manager
+        self.dataplane = dataplane
+
+    async def Predict(self, request: tfs.PredictRequest, context: grpc.aio.ServicerContext) -> tfs.PredictResponse:
+        name, version, inputs, requested = predict_request(self.manager, request)
+        model, outputs = await infer_adapter.infer(self.dataplane, name, version, inputs, requested or None, None)
+        return predict_response(model, outputs)
+
+    async def GetModelMetadata(self, request: tfs.GetModelMetadataRequest, context: grpc.aio.ServicerContext) -> tfs.GetModelMetadataResponse:
+        name, version = metadata_model(self.manager, request)
+        return metadata_response(await infer_adapter.blocking(self.manager.get, name, version))
+
+
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _unimplemented(context, "Classify")
+
+    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _unimplemented(context, "Regress")
+
+    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _unimplemented(context, "MultiInference")
+
+
+async def _unimplemented(context: grpc.aio.ServicerContext, method: str) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by kvserve; use Predict")
+
+
+class AsyncModelServicer(tfs_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+
+    async def GetModelStatus(self, request: tfs.GetModelStatusRequest, context: grpc.aio.ServicerContext) -> tfs.GetModelStatusResponse:
+        return await infer_adapter.blocking(status_response, self.manager, request)
+
+    async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _unimplemented(context, "HandleReloadConfigRequest")
+
+
+def add_to_server(manager: ModelManager, dataplane: Any, server: grpc.Server | grpc.aio.Server) -> None:
+    """Register both TF Serving services, async ones on a grpc.aio server."""
+    if isinstance(server, grpc.aio.Server):
+        tfs_grpc.add_PredictionServiceServicer_to_server(AsyncPredictionServicer(manager, dataplane), server)
+        tfs_grpc.add_ModelServiceServicer_to_server(AsyncModelServicer(manager), server)
+        return
     tfs_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager, dataplane), server)
     tfs_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
