@@ -124,3 +124,16 @@ def test_tf_serving_decode_errors(body, needle):
         return
     with pytest.raises(HttpError, match=needle):
         decode_predict(body, specs)
+
+
+def test_json_with_nan_and_infinity_is_accepted_like_triton():
+    from kvserve.server.api.rest.v2_codec import parse_json
+
+    request = decode_infer(parse_json(b'{"inputs": [{"name": "a", "shape": [3], "datatype": "FP32", "data": [NaN, Infinity, -Infinity]}]}'),
+                           memoryview(b""))
+    values = request.inputs["a"]
+    assert np.isnan(values[0]) and values[1] == np.inf and values[2] == -np.inf
+    with pytest.raises(HttpError, match="not valid JSON"):
+        parse_json(b'{"a": nan}')
+    with pytest.raises(HttpError, match="not valid JSON"):
+        parse_json(b"[" * 100000)

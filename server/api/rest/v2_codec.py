@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -48,10 +49,16 @@ def dumps(data: Any) -> bytes:
 
 
 def parse_json(data: bytes | memoryview, what: str = "request body") -> Any:
+    """orjson first; then the standard parser, which also takes NaN and Infinity as Triton's does (perf_analyzer's
+    random FP32 data contains them)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as error:
-        raise HttpError(f"the {what} is not valid JSON ({error}); send a JSON object") from None
+        first = error
+    try:
+        return json.loads(bytes(data))
+    except (ValueError, RecursionError):
+        raise HttpError(f"the {what} is not valid JSON ({first}); send a JSON object") from None
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
