@@ -111,7 +111,7 @@ def test_tf_serving_row_and_columnar():
     ({"instances": []}, "non-empty"),
     ({}, "exactly one"),
     ([1], "JSON object"),
-    ({"instances": [1, "a"]}, "cannot make a FP32 tensor"),
+    ({"instances": [1, "a"]}, "must be numbers"),
     ({"instances": ["a", 1]}, "mixes strings"),
     ({"inputs": [1, 2]}, None),
 ])

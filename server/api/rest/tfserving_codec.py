@@ -18,6 +18,7 @@ from kvserve.plugins.types import TensorSpec
 from kvserve.proto.tensors import DATATYPES
 
 from .errors import HttpError
+from .v2_codec import numbers
 
 
 def _is_b64(value: Any) -> bool:
@@ -53,12 +54,8 @@ def to_array(name: str, value: Any, spec: TensorSpec | None) -> np.ndarray:
         if array.ndim == 0:
             array = array.reshape(())
         return array
-    datatype = spec.datatype if spec is not None else "FP32"
-    try:
-        return np.asarray(value, dtype=DATATYPES.get(datatype, np.float32) if datatype != "BYTES" else object)
-    except (ValueError, TypeError, OverflowError) as error:
-        raise HttpError(f"input '{name}': cannot make a {datatype} tensor of this value ({str(error).splitlines()[0]}); "
-                        "send a rectangular list of numbers") from None
+    datatype = spec.datatype if spec is not None and spec.datatype in DATATYPES and spec.datatype != "BYTES" else "FP32"
+    return numbers(name, value, datatype)
 
 
 def decode_predict(body: Any, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], bool]:
