@@ -6,6 +6,8 @@ model) and, with --inception, on InceptionV3 (random weights) as well.
 
 perf_analyzer ships in the tritonclient wheel; it needs Debian's libb64-0d and libcudart.so.12 (from the
 nvidia-cuda-runtime-cu12 wheel, found here automatically). Prints a Markdown table; JSON in bench/results/.
+Inputs are zeros (``--input-data zero``): perf_analyzer's random FP32 data includes NaN, which JSON clients do not
+send and which sends kvd's JSON parsing down its slower NaN-tolerant path.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def run_perf(url: str, protocol: str, tensor_format: str | None, model: str, con
         out = Path(tmp) / "pa.csv"
         command = [str(Path(sys.executable).with_name("perf_analyzer")), "-m", model, "-i", protocol, "-u", url,
                    "--concurrency-range", concurrency, "--measurement-interval", str(int(seconds * 1000)),
-                   "--stability-percentage", "50", "--max-trials", "10", "-f", str(out)]
+                   "--stability-percentage", "50", "--max-trials", "10", "--input-data", "zero", "-f", str(out)]
         if tensor_format:
             command += ["--input-tensor-format", tensor_format, "--output-tensor-format", tensor_format]
         done = subprocess.run(command, capture_output=True, text=True, env=perf_env(), timeout=1800)

@@ -7,6 +7,7 @@ the body size limit, one metrics sample and one log line, and exceptions mapped 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -29,6 +30,7 @@ from .errors import HttpError, code_of, error_response, http_status
 log = logging.getLogger("kvserve.server.api.rest")
 
 PROBES = {"ServerLive", "ServerReady", "ModelReady"}
+BODY_IDLE_S = 5.0  # a body that stops arriving mid-way (Content-Length larger than what is sent) gets a 400
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -91,14 +93,21 @@ async def read_body(request: Request, limit: int) -> bytes:
                             "(kvd --max-message-mb); send fewer or smaller tensors")
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HttpError(f"the request body exceeds kvd's limit of {limit} bytes (kvd --max-message-mb)")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise Cancelled("the client closed the connection before sending the whole body") from None
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), BODY_IDLE_S)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise HttpError(f"the request body stopped arriving after {size} bytes"
+                            f"{f' of the {declared} its Content-Length declares' if declared else ''}; send the whole body") from None
+        except ClientDisconnect:
+            raise Cancelled("the client closed the connection before sending the whole body") from None
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(f"the request body exceeds kvd's limit of {limit} bytes (kvd --max-message-mb)")
+        chunks.append(chunk)
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     return body if encoding in ("", "identity") else _decompress(body, encoding, limit)
