@@ -72,3 +72,15 @@ def test_serves_as_a_task_in_an_existing_loop():
 
     answer = asyncio.run(main())
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello from an extra route")
+
+
+def test_a_non_loopback_http_address_needs_protection():
+    from pathlib import Path
+
+    from kvserve.server.ops.security import check_exposure
+
+    with pytest.raises(ValueError, match="0.0.0.0:8501"):
+        check_exposure(Settings(http_address="0.0.0.0:8501"))
+    check_exposure(Settings(http_address="0.0.0.0:8501", auth_token_file=Path("t")))
+    check_exposure(Settings(http_address="127.0.0.1:8501"))
+    check_exposure(Settings(http_address=""))
