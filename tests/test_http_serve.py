@@ -84,3 +84,13 @@ def test_a_non_loopback_http_address_needs_protection():
     check_exposure(Settings(http_address="0.0.0.0:8501", auth_token_file=Path("t")))
     check_exposure(Settings(http_address="127.0.0.1:8501"))
     check_exposure(Settings(http_address=""))
+
+
+def test_a_bad_certificate_fails_at_build_not_later(tmp_path):
+    from kvserve.server.api.rest.serve import HttpServer
+
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    (tmp_path / "key.pem").write_text("not a key")
+    settings = Settings(tls_cert=tmp_path / "cert.pem", tls_key=tmp_path / "key.pem")
+    with pytest.raises(ValueError, match="cannot serve HTTPS"):
+        HttpServer(_app(), bind("127.0.0.1:0"), settings)

@@ -67,6 +67,11 @@ class HttpServer:
             ssl_ca_certs=str(settings.tls_client_ca) if settings.tls_client_ca else None,
             ssl_cert_reqs=ssl.CERT_REQUIRED if settings.tls_client_ca else ssl.CERT_NONE,
         )
+        try:
+            config.load()  # now, so a bad certificate or key fails kvd's start-up instead of the HTTP thread later
+        except (OSError, ValueError) as error:
+            sock.close()
+            raise ValueError(f"cannot serve HTTPS with --tls-cert/--tls-key: {error}") from None
         self.server = _QuietServer(config)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
