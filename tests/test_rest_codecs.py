@@ -83,6 +83,7 @@ def test_v2_binary_and_json_inputs_and_binary_outputs():
     ({"inputs": [{"name": "a", "shape": [1], "datatype": "INT8", "data": [1000]}]}, b"", "does not fit INT8"),
     ({"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}, {"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}]}, b"", "twice"),
     ({"inputs": [{"name": "a", "shape": [1], "datatype": "FP32"}]}, b"", "no \"data\""),
+    ({"inputs": [{"name": "a", "shape": [1], "datatype": ["FP32"], "data": [1]}]}, b"", "unknown datatype"),
     ({"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}], "parameters": {"top_k": True}}, b"", "integer"),
 ])
 def test_v2_decode_errors(header, binary, needle):

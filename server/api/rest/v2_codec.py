@@ -162,7 +162,7 @@ def decode_infer(header: Any, binary: memoryview) -> InferRequest:
         if name in inputs:
             raise HttpError(f"input '{name}' is given twice")
         datatype, shape = tensor.get("datatype"), tensor.get("shape")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise HttpError(f"input '{name}': unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
         if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
             raise HttpError(f"input '{name}': \"shape\" must be a list of non-negative integers")
