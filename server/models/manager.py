@@ -68,6 +68,7 @@ class ModelManager:
         self.backends = {b.name: b for b in plugins.backends()}
         self._models: dict[str, dict[int, ModelVersion]] = {}
         self._on_demand: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._pins: dict[str, int | None] = {}
         self._lock = threading.RLock()
         # Rebuilds a damaged IR from the kept source (set by the upload pipeline): (name, version) -> True if rebuilt.
         self.rebuild: Callable[[str, int], bool] | None = None
@@ -156,10 +157,17 @@ class ModelManager:
     def pinned(self, name: str) -> int | None:
         """The version a client gets when it names none: ``kvctl pin`` (persisted in the repository), else the
         config file's ``pinned``, else None (the policy's highest ready version)."""
-        runtime = self.repository.state(name).get("pinned")
-        if isinstance(runtime, int):
-            return runtime
-        return self.settings_for(name).pinned
+        with self._lock:
+            if name not in self._pins:  # cached: this runs on every request that names no version
+                runtime = self.repository.state(name).get("pinned") if is_name(name) else None
+                self._pins[name] = runtime if isinstance(runtime, int) and not isinstance(runtime, bool) else None
+            runtime = self._pins[name]
+        return runtime if runtime is not None else self.settings_for(name).pinned
+
+    def forget_pins(self) -> None:
+        """Re-read pins from the repository on next use (another kvd sharing it may have changed them)."""
+        with self._lock:
+            self._pins.clear()
 
     def wanted(self, name: str, stored: list[int] | None = None) -> set[int]:
         """The versions that should be loaded: those the policy selects, plus the pinned one."""
@@ -183,8 +191,8 @@ class ModelManager:
                 reason = entry.reason if entry is not None else "not loaded yet"
                 raise Unavailable(f"model '{name}' is pinned to version {pin}, which is not ready: {reason}; "
                                   f"'kvctl unpin {name}' serves the latest again")
-        wanted = self.wanted(name)
-        ready = [v for number, v in table.items() if v.state == READY and number in wanted]
+        with self._lock:  # the table holds what the policy wants (sync) plus on-demand loads: skip those
+            ready = [v for number, v in table.items() if v.state == READY and (name, number) not in self._on_demand]
         if ready:
             return max(ready, key=lambda v: v.version)
         known = sorted(table.values(), key=lambda v: v.version)
@@ -198,15 +206,21 @@ class ModelManager:
             self._require(name)
             raise NotFound(f"model '{name}' has no version {version}; versions: {', '.join(map(str, self.repository.versions(name)))}")
         entry = self.load(name, version)
-        self.repository.set_pin(name, version)
+        with self._lock:
+            self.repository.set_pin(name, version)
+            self._pins[name] = version
+            self._on_demand.pop((name, version), None)
         self.sync(name)
+        self._notify(name)
         log.info("model %s pinned to version %d", name, version)
         return entry
 
     def unpin(self, name: str) -> None:
         """Back to the config file's pin, else the policy's latest ready version."""
         self._require(name)
-        self.repository.set_pin(name, None)
+        with self._lock:
+            self.repository.set_pin(name, None)
+            self._pins[name] = None
         self.sync(name)
         self._notify(name)
 
@@ -259,6 +273,10 @@ class ModelManager:
                 log.error("model %s version %d could not be loaded: %s", name, number, error)
         if extra:
             self._release(name, extra)
+
+    def is_loaded(self, name: str, number: int) -> bool:
+        with self._lock:
+            return number in self._models.get(name, {})
 
     def _loaded_names(self) -> list[str]:
         with self._lock:
@@ -408,6 +426,7 @@ class ModelManager:
             released = [table.pop(n) for n in versions if n in table]
             for number in versions:
                 self._on_demand.pop((name, number), None)
+            self._pins.pop(name, None)  # a deleted pinned version unpins (the repository cleared it)
             if not table:
                 self._models.pop(name, None)
         for entry in released:
