@@ -263,6 +263,8 @@ class ModelManager:
         wanted = self.wanted(name, stored)
         with self._lock:
             table = self._models.get(name, {})
+            for number in wanted:  # an on-demand load the policy now wants is promoted: never evicted
+                self._on_demand.pop((name, number), None)
             missing = sorted((v for v in wanted if v not in table), reverse=True)  # failed ones keep their reason
             extra = [v for v, e in table.items() if v in stored and v not in wanted and (name, v) not in self._on_demand
                      and e.state == READY]
