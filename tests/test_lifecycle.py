@@ -7,7 +7,6 @@ uploaded one (no conversion), so only the tests that are about uploads pay for t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,7 +20,6 @@ import pytest
 
 from conftest import Kvd, start_kvd
 from opsutil import copy_model, wait_for
-from kvserve.proto import grpc_service_pb2 as pb
 from kvserve.proto.tensors import build_infer_request, decode_response_outputs
 
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

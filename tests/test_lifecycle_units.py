@@ -3,7 +3,6 @@ watcher, the persisted version counter, damage reports, inheritance, warm-up inp
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterator, Mapping
 from kvserve.plugins import safe
 from kvserve.plugins.manager import Plugins
 from kvserve.plugins.types import LoadRequest, Runner, TensorSpec
-from kvserve.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from kvserve.server.errors import FailedPrecondition, NotFound, Unavailable
 from kvserve.server.models.config import Batching, ModelSettings, ServerConfig
-from kvserve.server.models.repository import NAME_PATTERN, Damaged, Repository, is_name, parse_version
+from kvserve.server.models.repository import Damaged, Repository, is_name, parse_version
 from kvserve.server.models.warmup import warm_up
 from kvserve.server.settings import Settings
 
