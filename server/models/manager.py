@@ -133,8 +133,10 @@ class ModelManager:
                 log.warning("warming up %s on %s failed: %s", model_dir, device, error)
                 skipped.append(f"{device} failed its warm-up inference: {str(error).splitlines()[0][:300] if str(error) else type(error).__name__}")
                 continue
+            execution = getattr(runner, "execution_precision", "")
+            served = f"served by {device}" + (f" ({execution} execution)" if execution else "")
             warmed = [f"warmed up with {done} inferences"] if done else []
-            return runner, device, "; ".join(skipped + [f"served by {device}"] + warmed)
+            return runner, device, "; ".join(skipped + [served] + warmed)
         raise FailedPrecondition("no device could serve the model: " + "; ".join(skipped) + f" (preference: {','.join(preference)})")
 
     def runtime_config(self, manifest: Mapping[str, Any]) -> dict[str, str]:
