@@ -166,6 +166,13 @@ def test_upload_racing_delete_leaves_no_ghost(stored, tmp_path):
                 assert manager.get("race").version in on_disk
             except NotFound:
                 assert not on_disk
+        staging = repository.new_staging()
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        runner, backend, reason = manager.open_runner(staging, manifest, None, warmup=0)
+        last = pipeline.publish_and_install(staging, "race", dict(manifest), runner, backend, reason, Abandon())
+        assert manager.resolve_label("race", "latest") == manager.resolve_label("race", "stable") == last
+        with pytest.raises(NotFound, match="no version label 'canary'"):
+            manager.resolve_label("race", "canary")
     finally:
         manager.close()
         pipeline.launcher.close()

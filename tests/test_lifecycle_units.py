@@ -258,3 +258,4 @@ def test_warmup_inputs_use_kept_samples_else_zeros(tmp_path):
     np.save(tmp_path / "samples" / "inputs.npy", np.full((3, 4), 7.0))
     assert warmup_inputs(tmp_path, [spec])["x"].tolist() == [[7.0] * 4]
     assert warmup_inputs(tmp_path, [TensorSpec("s", "BYTES", (-1,))]) is None
+

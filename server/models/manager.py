@@ -201,6 +201,21 @@ class ModelManager:
         reason = known[-1].reason if known else "not loaded"
         raise Unavailable(f"model '{name}' is not ready: {reason}")
 
+    def resolve_label(self, name: str, label: str) -> int:
+        """A version label (TF Serving's version_label) as a number: ``stable``/``default`` = the version serving
+        requests that name none (pin or policy), ``latest`` = the highest ready one, digits = that version."""
+        if label.isascii() and label.isdigit():
+            return int(label)
+        if label in ("stable", "default"):
+            return self.default_version(name).version
+        if label == "latest":
+            with self._lock:
+                ready = [n for n, e in self._models.get(name, {}).items() if e.state == READY]
+            if ready:
+                return max(ready)
+            return self.default_version(name).version  # Unavailable with the reason
+        raise NotFound(f"model '{name}' has no version label '{label}'; labels: stable, latest, or a version number")
+
     def pin(self, name: str, version: int) -> ModelVersion:
         """Serve ``version`` to clients that name none (persisted); it is loaded first, so a pin never takes a
         model offline: a version that cannot load is refused and the old default keeps serving."""
