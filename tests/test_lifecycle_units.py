@@ -259,3 +259,19 @@ def test_warmup_inputs_use_kept_samples_else_zeros(tmp_path):
     assert warmup_inputs(tmp_path, [spec])["x"].tolist() == [[7.0] * 4]
     assert warmup_inputs(tmp_path, [TensorSpec("s", "BYTES", (-1,))]) is None
 
+
+
+def test_a_manifest_with_malformed_tensors_is_listed_damaged(tmp_path):
+    from kvserve.plugins.manager import load_plugins
+    from kvserve.server.errors import FailedPrecondition
+    from kvserve.server.models.manager import ModelManager
+    from kvserve.server.settings import Settings
+
+    repo = Repository(tmp_path / "repo")
+    repo.publish(stage(repo), "m", {"inputs": [{"name": "x", "datatype": "FP32", "shape": ["?"]}], "outputs": []})
+    manager = ModelManager(repo, load_plugins(), Settings(repository=repo.root))
+    manager.load_all()  # never raises
+    row = next(e for e in manager.entries() if e.name == "m")
+    assert row.state == "UNAVAILABLE" and "a tensor's name, datatype or shape is malformed" in row.reason
+    with pytest.raises(FailedPrecondition, match="malformed"):
+        manager.load("m", 1)

@@ -366,7 +366,13 @@ class ModelManager:
                 self._record_failure(entry, previous)
                 raise
             manifest.setdefault("name", name)
-            entry = ModelVersion.from_manifest(name, number, manifest)
+            try:
+                entry = ModelVersion.from_manifest(name, number, manifest)
+            except (KeyError, TypeError, ValueError) as error:
+                damaged = Damaged(f"manifest.json is inconsistent (a tensor's name, datatype or shape is malformed: {error!r}); "
+                                  "delete the version and upload again")
+                self._record_failure(ModelVersion(name, number, {}, UNAVAILABLE, str(damaged)), previous)
+                raise damaged from None
             try:
                 entry.runner, entry.backend, entry.reason = self.open_runner(
                     self.repository.version_dir(name, number), manifest, devices, self.repository.version_cache(name, number))
@@ -375,6 +381,11 @@ class ModelManager:
                 entry.state, entry.reason = UNAVAILABLE, str(error)
                 self._record_failure(entry, previous)
                 raise
+            except Exception as error:  # noqa: BLE001 - a stored version kvd cannot make sense of: listed with the cause
+                log.exception("loading %s version %d failed", name, number)
+                entry.state, entry.reason = UNAVAILABLE, f"loading failed: {type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+                self._record_failure(entry, previous)
+                raise FailedPrecondition(entry.reason) from None
             with self.repository.locked():  # a delete that won the race: never install a ghost
                 if number not in self.repository.versions(name):
                     self._close_runner(entry)
