@@ -223,8 +223,8 @@ class ModelManager:
             self._require(name)
             raise NotFound(f"model '{name}' has no version {version}; versions: {', '.join(map(str, self.repository.versions(name)))}")
         entry = self.load(name, version)
+        self.repository.set_pin(name, version)  # the repository lock is never taken inside the manager's
         with self._lock:
-            self.repository.set_pin(name, version)
             self._pins[name] = version
             self._on_demand.pop((name, version), None)
         self.sync(name)
@@ -235,8 +235,8 @@ class ModelManager:
     def unpin(self, name: str) -> None:
         """Back to the config file's pin, else the policy's latest ready version."""
         self._require(name)
+        self.repository.set_pin(name, None)
         with self._lock:
-            self.repository.set_pin(name, None)
             self._pins[name] = None
         self.sync(name)
         self._notify(name)
