@@ -266,15 +266,17 @@ class UploadPipeline:
         try:
             samples = folder / "samples" / "inputs.npy"
             job = {"source": str(model_source), "format": source.get("format"), "out_dir": str(workdir),
-                   "precision": manifest.get("precision") or self.settings.default_precision,
+                   "precision": "auto" if manifest.get("precision_requested") == "auto" else (manifest.get("precision") or "fp32"),
                    "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": False,
                    "tolerance": None, "preprocess": {k: v for k, v in (manifest.get("preprocess") or {}).items() if k != "source"} or None,
                    **({"samples_npy": str(samples)} if samples.is_file() else {})}
             result: dict[str, Any] = {}
             for event in run_conversion(job, workdir, self.settings.conversion_timeout_s, self.launcher):
                 result = event.get("result", result)
-            if not result.get("ir") or not (result.get("parity") or {}).get("passed"):
-                return False
+            verdict = (result.get("parity") or {}).get("verdict", "pass" if (result.get("parity") or {}).get("passed") else "fail")
+            weights = manifest.get("precision") or job["precision"]
+            if not result.get("ir") or verdict == "fail" or result.get("precision", job["precision"]) != weights:
+                return False  # the rebuilt IR must prove itself, with the weights the manifest describes
             names = [result["ir"]["xml"], result["ir"]["bin"]]
             if names != [ir["xml"], ir["bin"]]:
                 return False
