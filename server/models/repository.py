@@ -82,14 +82,15 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 class Repository:
     """Names, versions and atomic publication of model versions under one root directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cache_dir: Path | None = None) -> None:
+        """``cache_dir``: OpenVINO's compiled models, per replica when the repository is shared (default <root>/.cache)."""
         self.root = Path(root).resolve()
         self.staging_root = self.root / STAGING
-        self.cache_dir = self.root / CACHE
+        self.cache_dir = Path(cache_dir).resolve() if cache_dir else self.root / CACHE
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
         self.staging_root.mkdir(exist_ok=True)
-        self.cache_dir.mkdir(exist_ok=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
 
     # --- start-up -------------------------------------------------------------------------------------
     def clean_staging(self) -> list[str]:
