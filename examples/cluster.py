@@ -136,6 +136,16 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {details}"
 
 
+def gone(replica: Replica, name: str, inputs: np.ndarray) -> bool:
+    """Whether ``name`` is no longer served by the replica (an infer answers NOT_FOUND)."""
+    with Client(replica.address, timeout=5) as client:
+        try:
+            client.infer(name, inputs)
+        except grpc.RpcError as error:
+            return error.code() == grpc.StatusCode.NOT_FOUND
+        return False
+
+
 @dataclass
 class Traffic:
     """Callers sending the same input through one balanced channel until stopped; every answer is compared."""

@@ -145,3 +145,25 @@ def test_kvd_accepts_the_args_and_ports_match(name, container):
                 assert re.fullmatch(r"/v2/health/(ready|live)", handler["httpGet"]["path"])
             else:
                 assert port == _port(settings.address)
+
+
+def _instruction(text: str, keyword: str) -> str:
+    """The last ``keyword`` instruction of a Containerfile, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    lines = [line for line in joined.splitlines() if line.startswith(keyword + " ")]
+    assert lines, f"Containerfile has no {keyword}"
+    return lines[-1][len(keyword) + 1:].strip()
+
+
+def test_containerfile_runs_kvd_non_root_with_the_kserve_defaults():
+    text = (ROOT / "Containerfile").read_text()
+    assert json.loads(_instruction(text, "ENTRYPOINT")) == ["kvd"]
+    args = json.loads(_instruction(text, "CMD"))
+    assert not re.match(r"(0|root)\b", _instruction(text, "USER"))
+    _needs(args)
+    settings, _ = parse_args(args)
+    runtime = next(doc for _, doc in DOCS if doc["kind"] == "ServingRuntime")
+    assert {_port(settings.http_address), _port(settings.address), _port(settings.metrics_address)} == {
+        int(p) for p in _instruction(text, "EXPOSE").split()}
+    assert sorted(a.split("=")[0] for a in args) == sorted(a.split("=")[0] for a in runtime["spec"]["containers"][0]["args"]
+                                                           if not a.startswith("--log-format"))
