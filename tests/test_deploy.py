@@ -167,3 +167,30 @@ def test_containerfile_runs_kvd_non_root_with_the_kserve_defaults():
         int(p) for p in _instruction(text, "EXPOSE").split()}
     assert sorted(a.split("=")[0] for a in args) == sorted(a.split("=")[0] for a in runtime["spec"]["containers"][0]["args"]
                                                            if not a.startswith("--log-format"))
+
+
+def test_kvd_started_with_the_serving_runtime_args_serves_mnt_models(kvd_factory, digits, tmp_path):
+    """KServe's side of the contract, on loopback: /mnt/models holds the file, the runtime's args start kvd,
+    the readiness probe's path answers 200 on the HTTP port, and the model answers over gRPC."""
+    import shutil
+    import urllib.request
+
+    runtime = next(doc for _, doc in DOCS if doc["kind"] == "ServingRuntime")
+    container = runtime["spec"]["containers"][0]
+    _needs(container["args"])
+    mnt = tmp_path / "mnt" / "models"
+    mnt.mkdir(parents=True)
+    shutil.copy(digits.paths["keras"], mnt / "model.keras")
+    http_port_file = tmp_path / "http.port"
+    args = [a.replace("{{.Name}}", "digits").replace("/mnt/models", str(mnt)).replace("/var/lib/kvserve", str(tmp_path / "var"))
+            for a in container["args"]]
+    args = [re.sub(r"=0\.0\.0\.0:\d+$", "=127.0.0.1:0", a) for a in args if not a.startswith("--insecure")]
+    kvd = kvd_factory(tmp_path / "unused", *args, "--http-port-file", str(http_port_file), timeout=300)
+    with kvd.client() as client:
+        assert client.model_ready("digits")
+        (probs,) = client.infer("digits", digits.x_test[:16]).values()
+        assert (probs.argmax(1) == digits.keras_probs[:16].argmax(1)).mean() >= 0.9
+    probe = container["readinessProbe"]["httpGet"]["path"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{int(http_port_file.read_text())}{probe}", timeout=10) as answer:
+        assert answer.status == 200
+    assert (tmp_path / "var" / "models" / "digits" / "1" / "manifest.json").is_file()
