@@ -129,7 +129,8 @@ class Provisioner:
                 zip_savedmodel(found, source)
             digest = sha256_of(source)
             latest = self._latest_manifest(model.name)
-            if latest and latest["source"]["sha256"] == digest and latest.get("precision") == self.precision:
+            requested = latest and latest.get("precision_requested", latest.get("precision"))  # 'auto' picks a rung
+            if latest and latest["source"]["sha256"] == digest and requested == self.precision:
                 return f"{model.name}: version {latest['version']} already holds {found} ({self.precision}); not converted again"
             spec = UploadSpec(name=model.name, filename=filename, size=source.stat().st_size, sha256=digest, precision=self.precision)
             version = ""
