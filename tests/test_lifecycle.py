@@ -283,7 +283,7 @@ def test_sighup_reloads_the_config(stored, digits, kvd_factory, tmp_path):
 def test_bad_config_at_start_is_refused(tmp_path):
     config = tmp_path / "kvd.toml"
     config.write_text("[models.m]\nwarmup = -1\n")
-    done = subprocess.run([sys.executable, "-m", "kvserve.server.main", "--repository", str(tmp_path / "repo"),
+    done = subprocess.run([sys.executable, "-m", "kvserve.server.main", "--http-address", "", "--repository", str(tmp_path / "repo"),
                            "--address", "127.0.0.1:0", "--metrics-address", "", "--config", str(config)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "warmup must be a count" in done.stderr

@@ -93,7 +93,7 @@ def test_savedmodel_folder_and_kvd_repository_as_model_path(kvd_factory, digits,
 
 
 def _kvd_exit(repository: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "kvserve.server.main", "--repository", str(repository), "--address", "127.0.0.1:0",
+    command = [sys.executable, "-m", "kvserve.server.main", "--http-address", "", "--repository", str(repository), "--address", "127.0.0.1:0",
                "--metrics-address", "", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
