@@ -127,7 +127,7 @@ def build(settings: Settings) -> Daemon:
     http = _http_door(settings, manager, dataplane, lifecycle, InferenceServicer(manager, dataplane, settings)) if settings.http_address else None
     metrics_server, metrics_port = metrics.serve(settings.metrics_address) if settings.metrics_address else (None, 0)
     watchers = Watchers.create(manager, settings.config_file, settings.config_poll_s, settings.poll_seconds)
-    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port, http, watchers)
+    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port, http=http, watchers=watchers)
 
 
 def _http_door(settings: Settings, manager: ModelManager, dataplane: DataPlane, lifecycle: Lifecycle, servicer: Any) -> Any:
