@@ -173,6 +173,8 @@ def test_upload_racing_delete_leaves_no_ghost(stored, tmp_path):
         assert manager.resolve_label("race", "latest") == manager.resolve_label("race", "stable") == last
         with pytest.raises(NotFound, match="no version label 'canary'"):
             manager.resolve_label("race", "canary")
+        with pytest.raises(NotFound, match="model 'nope' not found"):
+            manager.resolve_label("nope", "latest")
     finally:
         manager.close()
         pipeline.launcher.close()
