@@ -9,6 +9,7 @@ opt-in, a custom class no plugin registers), the refusal is one plain line namin
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -22,8 +23,24 @@ pytestmark = pytest.mark.zoo
 
 BACKENDS = {"CPU", "GPU", "NPU", "TF"}
 
-# Entries waiting for another branch to land on main; each names the missing piece.
-PENDING: dict[str, str] = {}
+# Entries waiting for another branch to land on main; each names the missing piece. strict: remove the line when it lands.
+PENDING: dict[str, str] = {
+    "TextVectorization.keras": "issue 10 item 4 (keras-world): string inputs end to end; today conversion fails with "
+                               "\"data type 'string' not understood\" and the TF fallback is not reached",
+    "small-cnn-tf_keras.tf_keras_h5": "issue 10 item 7 (keras-world): tf_keras is not installed, so no Keras 2 .h5 can be made or loaded",
+    "custom-layer-plugin.keras": "issue 10 item 6 (keras-world): kvd --custom-objects / kvserve_register_keras_objects hook",
+    "custom-layer-no-plugin.keras": "issue 10 items 6+8 (keras-world): a one-line refusal naming the missing class "
+                                    "(today Keras's multi-line deserialization dump)",
+}
+# Failures that depend on the CPU's execution precision (bf16 on AMX/avx512_bf16, f32 elsewhere): not strict.
+PENDING_ON_CPU: dict[str, str] = {
+    "VGG16.keras": "lead (issue 10 items 1-2): served at fp16/bf16 because kvd's parity batch passed, yet 0.076 from Keras "
+                   "on the zoo's caffe-style inputs (> 0.03)",
+    "EfficientNetB0.keras": "lead (issue 10 item 3): the TF fallback serves it 1.5e-4 from Keras and the manifest records "
+                            "no tolerance for a TF-served model (zoo holds it to fp32's 1e-4)",
+    "EfficientNetV2B0.keras": "lead/keras-world (TF backend): every OpenVINO rung failed parity and the TF fallback serves "
+                              "it 7.3e-3 from Keras (> fp32's 1e-4)",
+}
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +75,22 @@ def zoo_runs(request: pytest.FixtureRequest, zoo_client, zoo_dir: Path) -> Itera
                 if hasattr(item, "callspec") and isinstance(item.callspec.params.get("entry"), zoo.Entry)]
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="zoo") as pool:
         futures = zoo.submit_all(pool, selected, zoo_client, zoo_dir)
+        if table := os.environ.get("KVSERVE_ZOO_TABLE"):
+            for future in futures.values():
+                future.add_done_callback(lambda _: _write_table(Path(table), futures))
         yield futures
         for future in futures.values():
             future.cancel()
-    if table := os.environ.get("KVSERVE_ZOO_TABLE"):
+
+
+_TABLE_LOCK = threading.Lock()
+
+
+def _write_table(path: Path, futures: dict[str, Future]) -> None:
+    """The table of the entries finished so far, in zoo order (rewritten as each one finishes)."""
+    with _TABLE_LOCK:
         done = [f.result() for f in futures.values() if f.done() and not f.cancelled() and f.exception() is None]
-        Path(table).write_text(zoo.markdown(done) + "\n")
+        path.write_text(zoo.markdown(done) + "\n")
 
 
 def _params() -> list:
@@ -72,6 +99,8 @@ def _params() -> list:
         marks = [pytest.mark.slow] if entry.heavy else []
         if zoo.entry_id(entry) in PENDING:
             marks.append(pytest.mark.xfail(strict=True, reason=PENDING[zoo.entry_id(entry)]))
+        elif zoo.entry_id(entry) in PENDING_ON_CPU:
+            marks.append(pytest.mark.xfail(strict=False, reason=PENDING_ON_CPU[zoo.entry_id(entry)]))
         params.append(pytest.param(entry, id=zoo.entry_id(entry), marks=marks))
     return params
 
