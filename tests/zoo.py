@@ -36,7 +36,6 @@ SEED = 1234
 ROWS = 4  # rows per served comparison
 CALIBRATION_ROWS = 8  # rows whose batch statistics become the BatchNorm moving statistics
 
-Inputs = "np.ndarray | dict[str, np.ndarray]"
 
 
 @dataclass(frozen=True)
