@@ -1,7 +1,13 @@
-"""Assembles the daemon: repository, plugins, model manager, servicers, one gRPC server."""
+"""Assembles the daemon: repository, plugins, model manager, servicers, one grpc.aio server on one event loop.
+
+The loop runs on its own thread (``kvd-loop``); the main thread keeps the signals. Calls never hold a thread:
+inference completes through OpenVINO callbacks, blocking work (disk, model loads, uploads) runs on a bounded
+pool (``--workers``) or, for uploads and benchmarks, a thread of their own.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -13,18 +19,16 @@ from typing import Any
 import grpc
 
 from kvserve.plugins.manager import Plugins, load_plugins
-from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
-from kvserve.server.ops import health, metrics
-from kvserve.server.ops.auth import AuthInterceptor, load_tokens
-from kvserve.server.api.grpc.calls import CallObserver
-from kvserve.server.dataplane import DataPlane
-from kvserve.server.api.grpc.infer_codec import InferCodecInterceptor
+from kvserve.server.api.grpc import inference
+from kvserve.server.api.grpc.calls import CallInterceptor
 from kvserve.server.api.grpc.inference import InferenceServicer
-from kvserve.server.api.grpc.interceptors import ErrorInterceptor
 from kvserve.server.api.grpc.kvserve import KvServeServicer
-from kvserve.server.ops.lifecycle import DrainInterceptor, Lifecycle
-from kvserve.server.ops.limits import InferGate
+from kvserve.server.dataplane import DataPlane
+from kvserve.server.ops import health, metrics
+from kvserve.server.ops.auth import load_tokens
+from kvserve.server.ops.lifecycle import Lifecycle
+from kvserve.server.ops.limits import Admission
 from kvserve.server.models.manager import ModelManager
 from kvserve.server.models.repository import Repository
 from kvserve.server.ops.security import check_exposure, server_credentials
@@ -39,7 +43,7 @@ SHUTDOWN_MESSAGE = "kvd is shutting down; upload again once it is back"
 @dataclass
 class Daemon:
     settings: Settings
-    server: grpc.Server
+    server: grpc.aio.Server
     manager: ModelManager
     plugins: Plugins
     port: int
@@ -47,6 +51,15 @@ class Daemon:
     uploads: UploadPipeline | None = None
     metrics_server: Any = None
     metrics_port: int = 0
+    loop: asyncio.AbstractEventLoop | None = None
+    reporter: health.HealthReporter | None = None
+    dataplane: DataPlane | None = None
+    _thread: threading.Thread | None = None
+
+    def submit(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the daemon's loop from another thread and wait for its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def stop(self, grace: float | None = None, hurry: threading.Event | None = None) -> None:
         """Drain: health NOT_SERVING, new calls UNAVAILABLE, uploads abandoned, running calls get ``grace`` s."""
@@ -55,21 +68,17 @@ class Daemon:
             self.lifecycle.drain()
             if not self.lifecycle.wait_idle(grace, hurry):
                 log.warning("%d calls still running after %.0f s of grace; cancelling them", self.lifecycle.in_flight, grace)
-        self.server.stop(0).wait()
+        if self._thread is not None:
+            self.submit(self.server.stop(0))
         if self.uploads is not None:
             self.uploads.wait_finished(5.0)  # abandoned uploads remove their staging
             self.uploads.launcher.close()
+        if self._thread is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
         self.manager.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
-
-
-def _interceptors(settings: Settings, manager: ModelManager, lifecycle: Lifecycle) -> list[grpc.ServerInterceptor]:
-    """Outermost first: observe every call, then authenticate, then refuse while draining, then map errors."""
-    chain: list[grpc.ServerInterceptor] = [CallObserver(manager.has)]
-    if settings.auth_token_file is not None:
-        chain.append(AuthInterceptor(load_tokens(settings.auth_token_file)))
-    return [*chain, DrainInterceptor(lifecycle), ErrorInterceptor(), InferCodecInterceptor()]
 
 
 def build(settings: Settings) -> Daemon:
@@ -79,6 +88,7 @@ def build(settings: Settings) -> Daemon:
     """
     check_exposure(settings)
     credentials = server_credentials(settings)
+    tokens = load_tokens(settings.auth_token_file) if settings.auth_token_file is not None else None
     repository = Repository(settings.repository)
     removed = repository.clean_staging()
     if removed:
@@ -90,16 +100,33 @@ def build(settings: Settings) -> Daemon:
     uploads = UploadPipeline(repository, manager, settings)
     lifecycle.on_drain(reporter.drain)
     lifecycle.on_drain(lambda: uploads.abandon_all(SHUTDOWN_MESSAGE))
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvd-work"))
+    dataplane = DataPlane(manager, Admission(settings.max_queue, settings.max_queue_bytes), settings.max_batch_size)
+    try:
+        server, port = loop.run_until_complete(_server(settings, manager, lifecycle, tokens, reporter, uploads, plugins,
+                                                       dataplane, credentials))
+    except BaseException:
+        loop.close()
+        raise
+    metrics.watch_models(manager)
+    metrics_server, metrics_port = metrics.serve(settings.metrics_address) if settings.metrics_address else (None, 0)
+    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port, loop, reporter,
+                  dataplane)
+
+
+async def _server(settings: Settings, manager: ModelManager, lifecycle: Lifecycle, tokens: dict[bytes, str] | None,
+                  reporter: health.HealthReporter, uploads: UploadPipeline, plugins: Plugins, dataplane: DataPlane,
+                  credentials: Any) -> tuple[grpc.aio.Server, int]:
+    """The aio server with every service, created on the daemon's loop."""
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvd-rpc"),
-                         interceptors=_interceptors(settings, manager, lifecycle), options=options,
-                         maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
-    dataplane = DataPlane(manager, InferGate(settings.max_queue), settings.max_batch_size)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(manager, dataplane, settings), server)
+    server = grpc.aio.server(interceptors=[CallInterceptor(manager.has, lifecycle, tokens, settings.access_log)],
+                             options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    inference.add_to_server(InferenceServicer(manager, dataplane, settings), server)
     kv_grpc.add_KvServeServicer_to_server(KvServeServicer(manager, uploads, plugins), server)
     health.add_to_server(reporter, server)
     if credentials is not None:
@@ -108,9 +135,7 @@ def build(settings: Settings) -> Daemon:
         port = server.add_insecure_port(settings.address)
     if port == 0:
         raise OSError(f"cannot listen on {settings.address}: address in use or not available")
-    metrics.watch_models(manager)
-    metrics_server, metrics_port = metrics.serve(settings.metrics_address) if settings.metrics_address else (None, 0)
-    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port)
+    return server, port
 
 
 def _write_port(path: Path | None, port: int) -> None:
@@ -121,8 +146,14 @@ def _write_port(path: Path | None, port: int) -> None:
 
 
 def start(daemon: Daemon) -> None:
-    """Serve at once (live), load the repository in the background (ready when done)."""
-    daemon.server.start()
+    """Serve at once (live) on the daemon's loop thread, load the repository in the background (ready when done)."""
+    loop = daemon.loop
+    assert loop is not None
+    daemon._thread = threading.Thread(target=loop.run_forever, name="kvd-loop", daemon=True)
+    daemon._thread.start()
+    if daemon.reporter is not None:
+        daemon.reporter.bind(loop)
+    daemon.submit(daemon.server.start())
     settings = daemon.settings
     host = settings.address.rsplit(":", 1)[0]
     log.info("kvd listening on %s:%d (%s%s), repository %s", host, daemon.port, "TLS" if settings.tls_cert else "plaintext",
