@@ -24,7 +24,7 @@ demo-inception: $(STAMP)
 	$(BIN)/python examples/demo_inception.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 protos: $(STAMP)
 	$(BIN)/python -m kvserve.proto.generate

@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("kvserve.server")
     from kvserve.server.app import build, start
 
+    from kvserve.plugins.backends.openvino_devices import forced_execution
+
     try:
+        forced_execution()  # a mistyped KVSERVE_INFERENCE_PRECISION stops kvd here, not at the first load
         daemon = build(settings)
     except (OSError, ValueError) as error:
         log.error("%s", error)

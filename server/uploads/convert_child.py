@@ -28,17 +28,19 @@ def _corrupt_weights(bin_path: Path) -> None:
     bin_path.write_bytes(noise.tobytes())
 
 
-def _ir_predictor(xml: Path, precision: str) -> Any:
+def _ir_predictor(xml: Path, precision: str) -> tuple[Any, str]:
+    """The IR compiled on the CPU as kvd will serve it, and the precision it really executes in."""
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": "f32"} if precision == "fp32" else {}
-    compiled = ov.Core().compile_model(str(xml), "CPU", config)
+    from kvserve.plugins.backends.openvino_devices import executed_precision, execution_config
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", execution_config(precision))
 
     def predict(feeds: dict[str, Any]) -> dict[str, Any]:
         result = compiled(feeds)
         return {port.get_any_name(): value for port, value in result.items()}
 
-    return predict
+    return predict, executed_precision(compiled)
 
 
 def converter_for(fmt: str) -> Any:
@@ -96,7 +98,8 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     emit(channel, {"stage": "verifying", "message": f"comparing the IR with the original on {feeds_source or 'seeded inputs'}"})
     started = time.perf_counter()
     try:
-        report = parity_report(model.reference, _ir_predictor(xml, options.precision), model.inputs, options.precision,
+        predict, execution = _ir_predictor(xml, options.precision)
+        report = parity_report(model.reference, predict, model.inputs, options.precision, execution,
                                batch=int(job.get("parity_batch", 8)), tolerance=job.get("tolerance"), feeds=feeds,
                                feeds_source=feeds_source)
     except ValueError as error:  # the IR answers in another shape or misses an output
