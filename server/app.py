@@ -23,6 +23,7 @@ from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
 from kvserve.server.api.grpc import inference
 from kvserve.server.api.grpc.calls import CallInterceptor
 from kvserve.server.api.grpc.inference import InferenceServicer
+from kvserve.server.api.grpc import tfserving
 from kvserve.server.api.grpc.kvserve import KvServeServicer
 from kvserve.server.dataplane import DataPlane
 from kvserve.server.ops import health, metrics
@@ -54,7 +55,9 @@ class Daemon:
     loop: asyncio.AbstractEventLoop | None = None
     reporter: health.HealthReporter | None = None
     dataplane: DataPlane | None = None
+    http: Any = None  # kvserve.server.api.rest.serve.HttpServer, or None when --http-address is ''
     _thread: threading.Thread | None = None
+    _http_task: Any = None
 
     def submit(self, coroutine: Any) -> Any:
         """Run ``coroutine`` on the daemon's loop from another thread and wait for its result."""
@@ -69,6 +72,8 @@ class Daemon:
             if not self.lifecycle.wait_idle(grace, hurry):
                 log.warning("%d calls still running after %.0f s of grace; cancelling them", self.lifecycle.in_flight, grace)
         if self._thread is not None:
+            if self.http is not None and self._http_task is not None:
+                self.submit(_stop_http(self.http, self._http_task))
             self.submit(self.server.stop(0))
         if self.uploads is not None:
             self.uploads.wait_finished(5.0)  # abandoned uploads remove their staging
@@ -110,9 +115,41 @@ def build(settings: Settings) -> Daemon:
         loop.close()
         raise
     metrics.watch_models(manager)
+    try:
+        http = _http_door(settings, manager, dataplane, lifecycle, InferenceServicer(manager, dataplane, settings)) if settings.http_address else None
+    except BaseException:
+        loop.close()
+        raise
     metrics_server, metrics_port = metrics.serve(settings.metrics_address) if settings.metrics_address else (None, 0)
     return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port, loop, reporter,
-                  dataplane)
+                  dataplane, http)
+
+
+def _http_door(settings: Settings, manager: ModelManager, dataplane: DataPlane, lifecycle: Lifecycle, servicer: Any) -> Any:
+    """The HTTP port (KServe v2 REST, TF Serving REST): same tokens, TLS, limits and drain as gRPC; port bound now.
+    It is served on the daemon's loop, beside gRPC, so both doors share one data plane (admission, batchers)."""
+    from kvserve.server.api.rest.app import create_app
+    from kvserve.server.api.rest.guard import Door
+    from kvserve.server.api.rest.serve import HttpServer, bind
+
+    tokens = load_tokens(settings.auth_token_file) if settings.auth_token_file is not None else None
+    door = Door(manager, dataplane, settings, lifecycle, tokens, servicer)
+    return HttpServer(create_app(door), bind(settings.http_address), settings)
+
+
+async def _start_http(http: Any) -> Any:
+    task = asyncio.ensure_future(http.serve())
+    while not http.server.started and not task.done():
+        await asyncio.sleep(0.01)
+    return task
+
+
+async def _stop_http(http: Any, task: Any) -> None:
+    await http.astop()
+    try:
+        await asyncio.wait_for(task, 15)
+    except Exception:  # noqa: BLE001 - stopping: a stuck HTTP request must not keep kvd up
+        log.warning("the HTTP server did not stop in time")
 
 
 async def _server(settings: Settings, manager: ModelManager, lifecycle: Lifecycle, tokens: dict[bytes, str] | None,
@@ -129,6 +166,7 @@ async def _server(settings: Settings, manager: ModelManager, lifecycle: Lifecycl
     inference.add_to_server(InferenceServicer(manager, dataplane, settings), server)
     kv_grpc.add_KvServeServicer_to_server(KvServeServicer(manager, uploads, plugins), server)
     health.add_to_server(reporter, server)
+    tfserving.add_to_server(manager, dataplane, server)
     if credentials is not None:
         port = server.add_secure_port(settings.address, credentials)
     else:
@@ -160,6 +198,11 @@ def start(daemon: Daemon) -> None:
              ", tokens" if settings.auth_token_file else "", settings.repository)
     if daemon.metrics_server is not None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_address.rpartition(":")[0], daemon.metrics_port)
+    if daemon.http is not None:
+        daemon._http_task = daemon.submit(_start_http(daemon.http))
+        log.info("HTTP (KServe v2 REST, TF Serving REST) on %s://%s:%d", "https" if daemon.http.tls else "http",
+                 settings.http_address.rpartition(":")[0], daemon.http.port)
+        _write_port(settings.http_port_file, daemon.http.port)
     _write_port(settings.metrics_port_file, daemon.metrics_port)
     _write_port(settings.port_file, daemon.port)
     threading.Thread(target=daemon.manager.load_all, name="kvd-startup-load", daemon=True).start()

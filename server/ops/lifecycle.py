@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 log = logging.getLogger("kvserve.server")
 
@@ -52,6 +53,15 @@ class Lifecycle:
 
     def leave(self) -> None:
         self._in_flight -= 1
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        """``enter``/``leave`` around a block (the HTTP door, on the same loop)."""
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
 
     def wait_idle(self, timeout: float, hurry: threading.Event | None = None) -> bool:
         """Wait until no call is in flight, at most ``timeout`` s (less if ``hurry`` is set); True when idle."""
