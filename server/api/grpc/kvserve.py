@@ -17,6 +17,7 @@ from kvserve.server.uploads.benchmarks import Benchmarks, BenchmarkSpec
 from kvserve.server.errors import Cancelled, InvalidArgument, NotFound
 from kvserve.server.ops.limits import Abandon
 from kvserve.server.batching import BatchPolicy
+from kvserve.server.models import lifecycle
 from kvserve.server.models.manager import ModelManager, ModelVersion
 from kvserve.server.models.repository import parse_version
 from kvserve.server.models.labels import check_count, parse_labels
@@ -78,9 +79,20 @@ class KvServeServicer(kv_grpc.KvServeServicer):
 
     def _delete(self, request: kv.DeleteRequest) -> kv.DeleteResponse:
         version = parse_version(request.version) if request.version else None
-        removed = self.manager.repository.delete(request.name, version)
-        self.manager.forget(request.name, removed)
-        return kv.DeleteResponse(versions=[str(v) for v in removed])
+        return kv.DeleteResponse(versions=[str(v) for v in lifecycle.delete(self.manager, request.name, version)])
+
+    async def Pin(self, request: kv.PinRequest, context: Any) -> kv.PinResponse:
+        return await asyncio.to_thread(self._pin, request)
+
+    def _pin(self, request: kv.PinRequest) -> kv.PinResponse:
+        return kv.PinResponse(**lifecycle.pin(self.manager, request.name, kv.PinRequest.Action.Name(request.action).lower(),
+                                              request.version))
+
+    async def GetConfig(self, request: kv.GetConfigRequest, context: Any) -> kv.GetConfigResponse:
+        return await asyncio.to_thread(self._get_config, request)
+
+    def _get_config(self, request: kv.GetConfigRequest) -> kv.GetConfigResponse:
+        return kv.GetConfigResponse(config_json=json.dumps(self.manager.describe_config()))
 
     async def Describe(self, request: Any, context: Any) -> Any:
         return await asyncio.to_thread(self._describe_request, request)
