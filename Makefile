@@ -43,6 +43,7 @@ soak: $(STAMP)
 # Served vs in-process on the same IR, InceptionV3 batch 1 (about 13 minutes on 2 cores); see docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python bench/serving.py $(BENCH_ARGS)
+	$(BIN)/python bench/matrix.py $(MATRIX_ARGS)
 
 # One writer and two read-only replicas on one repository (loopback): convergence, and a kill -9 under load.
 .PHONY: cluster-demo

@@ -296,20 +296,26 @@ def _parity_line(parity: dict[str, Any] | None, conversion_error: str | None = N
 @click.argument("target", metavar="NAME[:VERSION]")
 @preprocessing_options
 @click.option("--clear-labels", is_flag=True, help="remove the model's labels")
+@click.option("--max-batch", type=int, default=None, help="dynamic batching: largest batch of gathered requests (0 = off)")
+@click.option("--max-delay-ms", type=float, default=None, help="dynamic batching: longest a request waits for company, ms")
+@click.option("--preferred-batch", "preferred", type=int, multiple=True, help="dynamic batching: a batch size to send at once (repeatable)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def configure(state: State, target: str, preprocess: str | None, resize: str, center_crop: bool, labels: Path | None,
-              clear_labels: bool, as_json: bool) -> None:
-    """Change a stored model's preprocessing or labels, without a new upload."""
+              clear_labels: bool, max_batch: int | None, max_delay_ms: float | None, preferred: tuple[int, ...], as_json: bool) -> None:
+    """Change a stored model's preprocessing, labels or dynamic batching, without a new upload."""
     name, _, version = target.partition(":")
     info = state.client.configure(name, version, preprocess=preprocess, resize=resize, center_crop=center_crop,
-                                  labels=labels, clear_labels=clear_labels)
+                                  labels=labels, clear_labels=clear_labels, max_batch=max_batch, max_delay_ms=max_delay_ms,
+                                  preferred_batch_sizes=list(preferred))
     if as_json:
         print_json(info)
         return
     manifest = info["manifest"]
+    batching = manifest.get("dynamic_batching")
     _console().print(f"{name} version {info['version']}: preprocessing {_preprocess_line(manifest)}; "
-                     f"{len(manifest.get('labels') or [])} labels")
+                     f"{len(manifest.get('labels') or [])} labels; batching "
+                     + (f"up to {batching['max_batch_size']} within {batching['max_queue_delay_ms']:g} ms" if batching else "off"))
 
 
 @cli.command()

@@ -212,9 +212,18 @@ class Client:
         return manifest
 
     def configure(self, model: str, version: str = "", preprocess: str | None = None, resize: str = "bilinear",
-                  center_crop: bool = False, labels: str | os.PathLike[str] | None = None, clear_labels: bool = False) -> dict[str, Any]:
-        """Change a stored model's preprocessing or labels without a new upload; returns ``describe``'s answer."""
+                  center_crop: bool = False, labels: str | os.PathLike[str] | None = None, clear_labels: bool = False,
+                  max_batch: int | None = None, max_delay_ms: float | None = None,
+                  preferred_batch_sizes: list[int] | None = None) -> dict[str, Any]:
+        """Change a stored model's preprocessing, labels or dynamic batching (``max_batch`` 0 turns it off) without
+        a new upload; returns ``describe``'s answer."""
+        batching: dict[str, Any] = {}
+        if max_batch is not None:
+            batching["max_batch_size"] = max_batch
+        if max_delay_ms is not None:
+            batching["max_queue_delay_ms"] = max_delay_ms
         request = kv.ConfigureRequest(name=model, version=version, clear_labels=clear_labels,
+                                      preferred_batch_sizes=preferred_batch_sizes or [], **batching,
                                       **_model_settings(preprocess, resize, center_crop, labels))
         return _described(self.kvserve.Configure(request, timeout=self.timeout))
     def benchmark(self, model: str, version: str = "", iterations: int = 0, backends: list[str] | None = None,

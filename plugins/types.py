@@ -5,6 +5,7 @@ Kept free of TensorFlow and OpenVINO imports so the daemon and tests can import 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
@@ -83,13 +84,26 @@ class Availability:
 
 @runtime_checkable
 class Runner(Protocol):
-    """A loaded model on one device: thread-safe ``infer`` keyed by signature names."""
+    """A loaded model on one device: thread-safe ``infer`` keyed by signature names.
+
+    A runner may also offer ``async def infer_async(inputs, outputs)`` that completes without parking a thread
+    (OpenVINO's infer requests, a worker child's pipe); the daemon calls ``infer_async`` below, which falls back
+    to running ``infer`` on a worker thread, so a sync runner never blocks the event loop.
+    """
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         ...
 
     def close(self) -> None:
         ...
+
+
+async def infer_async(runner: Any, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Run ``runner`` from the event loop: its own ``infer_async`` when it has one, else ``infer`` off the loop."""
+    native = getattr(runner, "infer_async", None)
+    if native is not None:
+        return await native(inputs, outputs)
+    return await asyncio.to_thread(runner.infer, inputs, outputs)
 
 
 @dataclass(frozen=True)

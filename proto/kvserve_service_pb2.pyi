@@ -99,20 +99,26 @@ class Preprocessing(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., resize: _Optional[str] = ..., center_crop: _Optional[bool] = ...) -> None: ...
 
 class ConfigureRequest(_message.Message):
-    __slots__ = ("name", "version", "preprocessing", "labels", "labels_filename", "clear_labels")
+    __slots__ = ("name", "version", "preprocessing", "labels", "labels_filename", "clear_labels", "max_batch_size", "max_queue_delay_ms", "preferred_batch_sizes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FILENAME_FIELD_NUMBER: _ClassVar[int]
     CLEAR_LABELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     preprocessing: Preprocessing
     labels: bytes
     labels_filename: str
     clear_labels: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., labels: _Optional[bytes] = ..., labels_filename: _Optional[str] = ..., clear_labels: _Optional[bool] = ...) -> None: ...
+    max_batch_size: int
+    max_queue_delay_ms: float
+    preferred_batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., labels: _Optional[bytes] = ..., labels_filename: _Optional[str] = ..., clear_labels: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("header", "chunk")

@@ -1,7 +1,13 @@
-"""Assembles the daemon: repository, plugins, model manager, servicers, one gRPC server."""
+"""Assembles the daemon: repository, plugins, model manager, servicers, one grpc.aio server on one event loop.
+
+The loop runs on its own thread (``kvd-loop``); the main thread keeps the signals. Calls never hold a thread:
+inference completes through OpenVINO callbacks, blocking work (disk, model loads, uploads) runs on a bounded
+pool (``--workers``) or, for uploads and benchmarks, a thread of their own.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -13,19 +19,17 @@ from typing import Any
 import grpc
 
 from kvserve.plugins.manager import Plugins, load_plugins
-from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
-from kvserve.server.ops import health, metrics
-from kvserve.server.ops.auth import AuthInterceptor, load_tokens
-from kvserve.server.api.grpc.calls import CallObserver
-from kvserve.server.dataplane import DataPlane
-from kvserve.server.api.grpc.infer_codec import InferCodecInterceptor
+from kvserve.server.api.grpc import inference
+from kvserve.server.api.grpc.calls import CallInterceptor
 from kvserve.server.api.grpc.inference import InferenceServicer
-from kvserve.server.api.grpc.interceptors import ErrorInterceptor
-from kvserve.server.api.grpc.kvserve import KvServeServicer
 from kvserve.server.api.grpc import tfserving
-from kvserve.server.ops.lifecycle import DrainInterceptor, Lifecycle
-from kvserve.server.ops.limits import InferGate
+from kvserve.server.api.grpc.kvserve import KvServeServicer
+from kvserve.server.dataplane import DataPlane
+from kvserve.server.ops import health, metrics
+from kvserve.server.ops.auth import load_tokens
+from kvserve.server.ops.lifecycle import Lifecycle
+from kvserve.server.ops.limits import Admission
 from kvserve.server.models.manager import ModelManager
 from kvserve.server.models.repository import Repository
 from kvserve.server.models.watchers import Watchers, initial_config
@@ -42,7 +46,7 @@ SHUTDOWN_MESSAGE = "kvd is shutting down; upload again once it is back"
 @dataclass
 class Daemon:
     settings: Settings
-    server: grpc.Server
+    server: grpc.aio.Server
     manager: ModelManager
     plugins: Plugins
     port: int
@@ -50,9 +54,19 @@ class Daemon:
     uploads: UploadPipeline | None = None
     metrics_server: Any = None
     metrics_port: int = 0
+    loop: asyncio.AbstractEventLoop | None = None
+    reporter: health.HealthReporter | None = None
+    dataplane: DataPlane | None = None
     http: Any = None  # kvserve.server.api.rest.serve.HttpServer, or None when --http-address is ''
     watchers: Watchers | None = None
     fatal: threading.Event = field(default_factory=threading.Event)  # a --model could not be served: kvd exits 2
+    _thread: threading.Thread | None = None
+    _http_task: Any = None
+
+    def submit(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the daemon's loop from another thread and wait for its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def stop(self, grace: float | None = None, hurry: threading.Event | None = None) -> None:
         """Drain: health NOT_SERVING, new calls UNAVAILABLE, uploads abandoned, running calls get ``grace`` s."""
@@ -63,23 +77,19 @@ class Daemon:
             self.lifecycle.drain()
             if not self.lifecycle.wait_idle(grace, hurry):
                 log.warning("%d calls still running after %.0f s of grace; cancelling them", self.lifecycle.in_flight, grace)
-        if self.http is not None:
-            self.http.stop()
-        self.server.stop(0).wait()
+        if self._thread is not None:
+            if self.http is not None and self._http_task is not None:
+                self.submit(_stop_http(self.http, self._http_task))
+            self.submit(self.server.stop(0))
         if self.uploads is not None:
             self.uploads.wait_finished(5.0)  # abandoned uploads remove their staging
             self.uploads.launcher.close()
+        if self._thread is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
         self.manager.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
-
-
-def _interceptors(settings: Settings, manager: ModelManager, lifecycle: Lifecycle) -> list[grpc.ServerInterceptor]:
-    """Outermost first: observe every call, then authenticate, then refuse while draining, then map errors."""
-    chain: list[grpc.ServerInterceptor] = [CallObserver(manager.has)]
-    if settings.auth_token_file is not None:
-        chain.append(AuthInterceptor(load_tokens(settings.auth_token_file)))
-    return [*chain, DrainInterceptor(lifecycle), ErrorInterceptor(), InferCodecInterceptor()]
 
 
 def build(settings: Settings) -> Daemon:
@@ -89,6 +99,7 @@ def build(settings: Settings) -> Daemon:
     """
     check_exposure(settings)
     credentials = server_credentials(settings)
+    tokens = load_tokens(settings.auth_token_file) if settings.auth_token_file is not None else None
     repository = Repository(settings.repository, settings.compiled_cache)
     # A read-only replica shares the repository with a writer whose uploads are in .staging: leave them be.
     removed = [] if settings.read_only else repository.clean_staging()
@@ -108,34 +119,30 @@ def build(settings: Settings) -> Daemon:
     manager.rebuild = uploads.rebuild
     lifecycle.on_drain(reporter.drain)
     lifecycle.on_drain(lambda: uploads.abandon_all(SHUTDOWN_MESSAGE))
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvd-rpc"),
-                         interceptors=_interceptors(settings, manager, lifecycle), options=options,
-                         maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
-    dataplane = DataPlane(manager, InferGate(settings.max_queue), settings.max_batch_size)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(manager, dataplane, settings), server)
-    kv_grpc.add_KvServeServicer_to_server(KvServeServicer(manager, uploads, plugins), server)
-    health.add_to_server(reporter, server)
-    if credentials is not None:
-        port = server.add_secure_port(settings.address, credentials)
-    else:
-        port = server.add_insecure_port(settings.address)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.address}: address in use or not available")
-    tfserving.add_to_server(manager, dataplane, server)
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvd-work"))
+    dataplane = DataPlane(manager, Admission(settings.max_queue, settings.max_queue_bytes), settings.max_batch_size)
+    try:
+        server, port = loop.run_until_complete(_server(settings, manager, lifecycle, tokens, reporter, uploads, plugins,
+                                                       dataplane, credentials))
+    except BaseException:
+        loop.close()
+        raise
     metrics.watch_models(manager)
-    http = _http_door(settings, manager, dataplane, lifecycle, InferenceServicer(manager, dataplane, settings)) if settings.http_address else None
+    try:
+        http = _http_door(settings, manager, dataplane, lifecycle, InferenceServicer(manager, dataplane, settings)) if settings.http_address else None
+    except BaseException:
+        loop.close()
+        raise
     metrics_server, metrics_port = metrics.serve(settings.metrics_address) if settings.metrics_address else (None, 0)
     watchers = Watchers.create(manager, settings.config_file, settings.config_poll_s, settings.poll_seconds)
-    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port, http=http, watchers=watchers)
+    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port, loop, reporter,
+                  dataplane, http, watchers)
 
 
 def _http_door(settings: Settings, manager: ModelManager, dataplane: DataPlane, lifecycle: Lifecycle, servicer: Any) -> Any:
-    """The HTTP port (KServe v2 REST, TF Serving REST): same tokens, TLS, limits and drain as gRPC; port bound now."""
+    """The HTTP port (KServe v2 REST, TF Serving REST): same tokens, TLS, limits and drain as gRPC; port bound now.
+    It is served on the daemon's loop, beside gRPC, so both doors share one data plane (admission, batchers)."""
     from kvserve.server.api.rest.app import create_app
     from kvserve.server.api.rest.guard import Door
     from kvserve.server.api.rest.serve import HttpServer, bind
@@ -143,6 +150,45 @@ def _http_door(settings: Settings, manager: ModelManager, dataplane: DataPlane, 
     tokens = load_tokens(settings.auth_token_file) if settings.auth_token_file is not None else None
     door = Door(manager, dataplane, settings, lifecycle, tokens, servicer)
     return HttpServer(create_app(door), bind(settings.http_address), settings)
+
+
+async def _start_http(http: Any) -> Any:
+    task = asyncio.ensure_future(http.serve())
+    while not http.server.started and not task.done():
+        await asyncio.sleep(0.01)
+    return task
+
+
+async def _stop_http(http: Any, task: Any) -> None:
+    await http.astop()
+    try:
+        await asyncio.wait_for(task, 15)
+    except Exception:  # noqa: BLE001 - stopping: a stuck HTTP request must not keep kvd up
+        log.warning("the HTTP server did not stop in time")
+
+
+async def _server(settings: Settings, manager: ModelManager, lifecycle: Lifecycle, tokens: dict[bytes, str] | None,
+                  reporter: health.HealthReporter, uploads: UploadPipeline, plugins: Plugins, dataplane: DataPlane,
+                  credentials: Any) -> tuple[grpc.aio.Server, int]:
+    """The aio server with every service, created on the daemon's loop."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(interceptors=[CallInterceptor(manager.has, lifecycle, tokens, settings.access_log)],
+                             options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    inference.add_to_server(InferenceServicer(manager, dataplane, settings), server)
+    kv_grpc.add_KvServeServicer_to_server(KvServeServicer(manager, uploads, plugins), server)
+    health.add_to_server(reporter, server)
+    tfserving.add_to_server(manager, dataplane, server)
+    if credentials is not None:
+        port = server.add_secure_port(settings.address, credentials)
+    else:
+        port = server.add_insecure_port(settings.address)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.address}: address in use or not available")
+    return server, port
 
 
 def _write_port(path: Path | None, port: int) -> None:
@@ -153,8 +199,14 @@ def _write_port(path: Path | None, port: int) -> None:
 
 
 def start(daemon: Daemon) -> None:
-    """Serve at once (live), load the repository in the background (ready when done)."""
-    daemon.server.start()
+    """Serve at once (live) on the daemon's loop thread, load the repository in the background (ready when done)."""
+    loop = daemon.loop
+    assert loop is not None
+    daemon._thread = threading.Thread(target=loop.run_forever, name="kvd-loop", daemon=True)
+    daemon._thread.start()
+    if daemon.reporter is not None:
+        daemon.reporter.bind(loop)
+    daemon.submit(daemon.server.start())
     settings = daemon.settings
     host = settings.address.rsplit(":", 1)[0]
     log.info("kvd listening on %s:%d (%s%s), repository %s", host, daemon.port, "TLS" if settings.tls_cert else "plaintext",
@@ -162,7 +214,7 @@ def start(daemon: Daemon) -> None:
     if daemon.metrics_server is not None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_address.rpartition(":")[0], daemon.metrics_port)
     if daemon.http is not None:
-        daemon.http.start_thread()
+        daemon._http_task = daemon.submit(_start_http(daemon.http))
         log.info("HTTP (KServe v2 REST, TF Serving REST) on %s://%s:%d", "https" if daemon.http.tls else "http",
                  settings.http_address.rpartition(":")[0], daemon.http.port)
         _write_port(settings.http_port_file, daemon.http.port)

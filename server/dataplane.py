@@ -2,23 +2,26 @@
 reduce outputs to top-k classes when asked.
 
 Servicers stay thin: they decode the wire format, call here, and encode what comes back. ``_run`` is also where
-an inference waits for a slot (bounded per model), is dropped when its caller has gone, and is timed.
+an inference waits for a slot (bounded per model: admission), joins its model's batch when batching is on,
+gives up when its deadline passes, and is timed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from kvserve.proto import classes
 from kvserve.proto.images import ImageError, Preprocess, image_shape, to_input
-from kvserve.plugins.types import TensorSpec
+from kvserve.plugins.types import TensorSpec, infer_async
 from kvserve.proto.tensors import DATATYPES, datatype_of
 from kvserve.server.ops import faults, metrics
-from kvserve.server.errors import InvalidArgument
-from kvserve.server.ops.limits import Call, InferGate, dropped, gone
+from kvserve.server.errors import DeadlineExceeded, InvalidArgument
+from kvserve.server.batching import BatchPolicy, Batcher, batchable
+from kvserve.server.ops.limits import Admission, deadline_passed
 from kvserve.server.models.manager import ModelManager, ModelVersion
 
 
@@ -26,12 +29,12 @@ def describe_specs(specs: list[TensorSpec]) -> str:
     return ", ".join(f"'{s.name}' ({s.datatype} {list(s.shape)})" for s in specs)
 
 
-def decode_images(model: ModelVersion, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def decode_images(model: ModelVersion, inputs: Mapping[str, np.ndarray], preprocess: Preprocess | None = None) -> dict[str, np.ndarray]:
     """BYTES inputs sent to an image input (one encoded image per element, shape [N] or [N, 1]) become the
     model's tensor, decoded and preprocessed per the manifest (as OpenVINO Model Server does for binary
     inputs). Other inputs pass through untouched."""
     specs = {spec.name: spec for spec in model.inputs}
-    preprocess = Preprocess.from_dict(model.manifest.get("preprocess"))
+    preprocess = preprocess or Preprocess.from_dict(model.manifest.get("preprocess"))
     decoded = dict(inputs)
     for name, array in inputs.items():
         spec = specs.get(name)
@@ -88,41 +91,128 @@ def classify(model: ModelVersion, outputs: dict[str, np.ndarray], counts: Mappin
     return result
 
 
-class DataPlane:
-    def __init__(self, manager: ModelManager, gate: InferGate | None = None, max_batch_size: int = 0) -> None:
-        self.manager = manager
-        self.gate = gate or InferGate(max_queue=32)
-        self.max_batch_size = max_batch_size
+class Served:
+    """What the data plane derives once per loaded version (not per call): spec tables, parsed preprocessing,
+    metric children, the batcher."""
 
-    def infer(self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: list[str] | None = None,
-              classification: Mapping[str, int] | None = None, call: Call | None = None) -> tuple[ModelVersion, dict[str, np.ndarray]]:
+    __slots__ = ("model", "inputs", "outputs", "manifest", "preprocess", "images", "queue_metric", "infer_metric",
+                 "batcher", "policy")
+
+    def __init__(self, model: ModelVersion) -> None:
+        self.model = model
+        self.inputs = {spec.name: spec for spec in model.inputs}
+        self.outputs = {spec.name for spec in model.outputs}
+        self.images = any(spec.datatype != "BYTES" and image_shape(spec.shape) is not None for spec in model.inputs)
+        self.manifest: Any = None
+        self.preprocess: Preprocess | None = None
+        self.policy: BatchPolicy | None = None
+        labels = (model.name, str(model.version))
+        self.queue_metric = metrics.QUEUE_SECONDS.labels(*labels)
+        self.infer_metric = metrics.INFERENCE_SECONDS.labels(*labels)
+        self.batcher: Batcher | None = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the manifest's settings when it was replaced (kvctl configure swaps the dict)."""
+        manifest = self.model.manifest
+        if manifest is self.manifest:
+            return
+        self.manifest = manifest
+        self.preprocess = Preprocess.from_dict(manifest.get("preprocess"))
+        policy = BatchPolicy.from_settings(manifest.get("dynamic_batching"))
+        self.policy = policy if policy is not None and batchable(self.model.inputs, self.model.outputs) else None
+        if self.batcher is not None and self.batcher.policy != self.policy:
+            self.batcher = None  # the old one drains what it holds and ends
+
+
+class DataPlane:
+    """The one place that validates and runs inference, for every front door (gRPC, HTTP, TF Serving).
+
+    Lives on the event loop: lookups of loaded versions are in memory, anything that may block (loading an
+    older version on demand, decoding images) runs off the loop.
+    """
+
+    def __init__(self, manager: ModelManager, admission: Admission | None = None, max_batch_size: int = 0) -> None:
+        self.manager = manager
+        self.admission = admission or Admission(max_queue=32)
+        self.max_batch_size = max_batch_size
+        self._served: dict[tuple[str, str], Served] = {}
+        manager.subscribe(self._forget)
+
+    def _forget(self, name: str) -> None:
+        """A model's versions changed (any thread): look it up afresh next time."""
+        self._served = {key: served for key, served in self._served.items() if key[0] != name and name}
+
+    async def lookup(self, name: str, version: str) -> Served:
+        served = self._served.get((name, version))
+        if served is not None and not served.model.retired and served.model.runner is not None:
+            served.refresh()
+            return served
+        model = await asyncio.to_thread(self.manager.get, name, version)  # may read the disk or load a version
+        served = Served(model)
+        self._served[(name, version)] = served
+        return served
+
+    async def infer(self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: list[str] | None = None,
+                    classification: Mapping[str, int] | None = None,
+                    deadline: float | None = None) -> tuple[ModelVersion, dict[str, np.ndarray]]:
         """Run one request. ``classification`` maps output names to k (top-k classes instead of scores);
-        ``call`` (the gRPC context) lets work for a caller that went away be dropped."""
-        model = self.manager.get(name, version)
-        inputs = decode_images(model, inputs)
+        ``deadline`` is a ``time.monotonic()`` instant after which nobody awaits the answer (DEADLINE_EXCEEDED)."""
+        served = await self.lookup(name, version)
+        model = served.model
+        if served.images and any(array.dtype == object for array in inputs.values()):
+            inputs = await asyncio.to_thread(decode_images, model, inputs, served.preprocess)
         validate_inputs(model, inputs, self.max_batch_size)
-        classification = dict(classification or {})
-        if "" in classification:  # request-level top_k without named outputs: the model's first output
-            classification[model.outputs[0].name] = classification.pop("")
-        known = {spec.name for spec in model.outputs}
-        for output in list(requested or []) + list(classification):
-            if output not in known:
+        if classification:
+            classification = dict(classification)
+            if "" in classification:  # request-level top_k without named outputs: the model's first output
+                classification[model.outputs[0].name] = classification.pop("")
+        for output in list(requested or ()) + list(classification or ()):
+            if output not in served.outputs:
                 raise InvalidArgument(f"model '{name}' has no output '{output}'; its outputs are {describe_specs(model.outputs)}")
-        outputs = self._run(model, inputs, requested, call)
+        outputs = await self._run(served, inputs, requested, deadline)
         return model, classify(model, outputs, classification) if classification else outputs
 
-    def _run(self, model: ModelVersion, inputs: Mapping[str, np.ndarray], requested: list[str] | None,
-             call: Call | None) -> dict[str, np.ndarray]:
-        """On a leased runner, behind the model's bounded queue; dropped if nobody awaits the answer any more."""
-        with self.manager.lease(model) as runner, self.gate.slot(model.name, runner, call) as queued_s:
-            faults.pause("slow-infer")
-            reason = gone(call)
-            if reason:
-                metrics.DROPPED.labels(model.name, reason).inc()
-                raise dropped(reason)
-            started = time.perf_counter()
-            outputs = runner.infer(dict(inputs), requested or None)
-            labels = (model.name, str(model.version))
-            metrics.QUEUE_SECONDS.labels(*labels).observe(queued_s)
-            metrics.INFERENCE_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+    async def _run(self, served: Served, inputs: Mapping[str, np.ndarray], requested: list[str] | None,
+                   deadline: float | None) -> dict[str, np.ndarray]:
+        """On a leased runner, behind the model's bounded queue (or its batcher)."""
+        try:
+            return await self._admitted(served, inputs, requested, deadline)
+        except DeadlineExceeded:
+            metrics.DROPPED.labels(served.model.name, "deadline").inc()
+            raise
+        except asyncio.CancelledError:  # gRPC cancels the call when the client leaves or its deadline passes
+            expired = deadline is not None and time.monotonic() >= deadline
+            metrics.DROPPED.labels(served.model.name, "deadline" if expired else "cancelled").inc()
+            raise
+
+    async def _admitted(self, served: Served, inputs: Mapping[str, np.ndarray], requested: list[str] | None,
+                        deadline: float | None) -> dict[str, np.ndarray]:
+        model = served.model
+        with self.manager.lease(model) as runner:
+            line = self.admission.queue(model.name, runner)
+            if faults.active("slow-infer"):
+                await asyncio.to_thread(faults.pause, "slow-infer")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise deadline_passed(model.name)
+            if served.policy is not None:
+                if served.batcher is None or served.batcher.runner is not runner:
+                    served.batcher = Batcher(model.name, runner, served.policy, self.admission, line)
+                started = time.perf_counter()
+                outputs = await served.batcher.infer(inputs, _rows(inputs), deadline)
+                served.infer_metric.observe(time.perf_counter() - started)
+                return {name: outputs[name] for name in requested} if requested else outputs
+            nbytes = sum(array.nbytes for array in inputs.values())
+            queued_s = await self.admission.acquire(model.name, line, nbytes, deadline)
+            try:
+                started = time.perf_counter()
+                outputs = await infer_async(runner, dict(inputs), requested or None)
+                served.infer_metric.observe(time.perf_counter() - started)
+            finally:
+                self.admission.release(line)
+            served.queue_metric.observe(queued_s)
             return outputs
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(inputs.values())).shape[0])

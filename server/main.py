@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--max-message-mb", type=int, default=DEFAULT_MAX_MESSAGE_BYTES // (1024 * 1024), help="largest gRPC message accepted or sent, in MiB")
     parser.add_argument("--max-upload-mb", type=int, default=4096, help="largest model upload, in MiB")
     parser.add_argument("--max-batch-size", type=int, default=1024, help="largest batch one infer request may carry (ModelConfig max_batch_size)")
-    parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    parser.add_argument("--workers", type=int, default=16, help="threads for blocking work (disk, model loads); calls themselves need none")
     parser.add_argument("--devices", default="CPU,TF", help="default device preference for uploads")
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                         help="default precision for uploads: auto (the fastest execution whose parity passes), fp16, fp32, int8")
@@ -120,7 +120,11 @@ def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--insecure", action="store_true", help="allow a non-loopback --address without TLS or tokens")
     group.add_argument("--max-uploads", type=int, default=2, help="uploads (and conversions) running at once")
     group.add_argument("--upload-queue-seconds", type=float, default=10.0, help="how long an upload waits for a slot before RESOURCE_EXHAUSTED")
+    group.add_argument("--upload-idle-seconds", type=float, default=60.0, help="drop an upload that sends nothing for this long (frees its slot)")
+    group.add_argument("--upload-total-seconds", type=float, default=3600.0, help="drop an upload whose bytes take longer than this to arrive")
     group.add_argument("--max-queue", type=int, default=32, help="requests per model waiting for an infer slot before RESOURCE_EXHAUSTED")
+    group.add_argument("--max-queue-mb", type=int, default=512, help="MiB of inputs one model's waiting requests may hold before RESOURCE_EXHAUSTED")
+    group.add_argument("--access-log", action="store_true", help="log one line per successful call (failures are always logged)")
     group.add_argument("--max-concurrent-rpcs", type=int, default=256, help="calls admitted at once; more get RESOURCE_EXHAUSTED")
     group.add_argument("--log-format", choices=FORMATS, default=env("KVSERVE_LOG_FORMAT", "text"), help="text lines or JSON lines")
 
@@ -131,6 +135,8 @@ def operations_settings(args: argparse.Namespace) -> dict[str, object]:
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
         "auth_token_file": Path(args.auth_token_file) if args.auth_token_file else None, "insecure": args.insecure,
         "max_uploads": args.max_uploads, "upload_queue_s": args.upload_queue_seconds, "max_queue": args.max_queue,
+        "max_queue_bytes": args.max_queue_mb * 1024 * 1024, "upload_idle_s": args.upload_idle_seconds,
+        "upload_total_s": args.upload_total_seconds, "access_log": args.access_log,
         "max_concurrent_rpcs": args.max_concurrent_rpcs, "log_format": args.log_format,
     }
 

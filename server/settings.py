@@ -61,6 +61,10 @@ class Settings:
     max_uploads: int = 2
     upload_queue_s: float = 10.0
     max_queue: int = 32
+    max_queue_bytes: int = 512 * 1024 * 1024  # inputs held by one model's queued requests
+    upload_idle_s: float = 60.0  # an upload that sends nothing this long (header or chunk) is dropped
+    upload_total_s: float = 3600.0  # an upload's bytes must all arrive within this
+    access_log: bool = False  # a log line per successful call
     max_concurrent_rpcs: int = 256
     log_format: str = "text"
     # model lifecycle (issue 13): config file, its poll, repository poll (0 = off)

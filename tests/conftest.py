@@ -176,7 +176,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsArtifacts:
 @pytest.fixture(scope="session")
 def served_digits(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifacts) -> Iterator[Kvd]:
     """One kvd for the session, with the digits model uploaded as 'digits' (.h5, fp16) and 'digits32' (fp32)."""
-    kvd = start_kvd(tmp_path_factory.mktemp("served") / "repo")
+    kvd = start_kvd(tmp_path_factory.mktemp("served") / "repo", "--access-log")  # tests read the per-call log lines
     try:
         with kvd.client() as client:
             client.upload(digits.paths["h5"], name="digits")

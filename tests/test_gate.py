@@ -1,64 +1,62 @@
-"""The per-model infer gate in isolation: slots per runner, a bounded queue, and dropping calls nobody awaits."""
+"""Per-model admission in isolation: slots per runner, a bounded queue, deadlines while queued, hand-over."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 
 import pytest
 
-from kvserve.server.errors import Cancelled, ResourceExhausted
-from kvserve.server.ops.limits import InferGate
+from kvserve.server.errors import DeadlineExceeded, ResourceExhausted
+from kvserve.server.ops.limits import Admission
 
 
 class Runner:
     nireq = 1
 
 
-class SlottedRunner:  # no __weakref__: gated by model name instead
+class SlottedRunner:  # no __weakref__: queued by model name instead
     __slots__ = ()
 
 
-class Call:
-    def __init__(self, remaining: float | None = None, active: bool = True) -> None:
-        self.remaining, self.active = remaining, active
-
-    def is_active(self) -> bool:
-        return self.active
-
-    def time_remaining(self) -> float | None:
-        return self.remaining
-
-
 @pytest.mark.parametrize("runner", [Runner(), SlottedRunner()])
-def test_queue_bound_and_drops(runner):
-    gate = InferGate(max_queue=1)
-    slots = 1 if isinstance(runner, Runner) else 4
-    holders = [gate.slot("m", runner) for _ in range(slots)]
-    for holder in holders:
-        holder.__enter__()  # every slot busy
-    waiting = threading.Thread(target=lambda: _use(gate, runner))
-    waiting.start()
-    deadline = time.monotonic() + 60
-    while gate.waiting("m") < 1:
-        assert time.monotonic() < deadline, "the second caller never started waiting"
-        time.sleep(0.001)
-    with pytest.raises(ResourceExhausted, match="already has 1 requests queued"):
-        with gate.slot("m", runner):
-            pass
-    with pytest.raises(Cancelled, match="deadline passed"):
-        gate.max_queue = 5
-        with gate.slot("m", runner, Call(remaining=0.0)):
-            pass
-    with pytest.raises(Cancelled, match="cancelled"):
-        with gate.slot("m", runner, Call(active=False)):
-            pass
-    for holder in holders:
-        holder.__exit__(None, None, None)
-    waiting.join(5)
-    assert not waiting.is_alive() and gate.waiting("m") == 0
+def test_queue_bound_deadline_and_hand_over(runner):
+    async def scenario() -> None:
+        admission = Admission(max_queue=1)
+        line = admission.queue("m", runner)
+        for _ in range(line.slots):
+            await admission.acquire("m", line)  # every slot busy
+        waiter = asyncio.create_task(admission.acquire("m", line))
+        await asyncio.sleep(0)
+        assert len(line.waiters) == 1
+        with pytest.raises(ResourceExhausted, match="already has 1 requests queued"):
+            await admission.acquire("m", line)
+        admission.max_queue = 5
+        with pytest.raises(DeadlineExceeded, match="deadline passed"):
+            await admission.acquire("m", line, deadline=time.monotonic() + 0.05)
+        assert len(line.waiters) == 1  # the expired one left the line
+        admission.release(line)  # hands the slot to the waiter
+        await asyncio.wait_for(waiter, 5)
+        assert line.running == line.slots and not line.waiters
+        for _ in range(line.slots):
+            admission.release(line)
+        assert line.running == 0
+
+    asyncio.run(scenario())
 
 
-def _use(gate: InferGate, runner) -> None:
-    with gate.slot("m", runner):
-        pass
+def test_queued_bytes_are_bounded():
+    async def scenario() -> None:
+        admission = Admission(max_queue=10, max_queued_bytes=100)
+        line = admission.queue("m", Runner())
+        await admission.acquire("m", line)
+        first = asyncio.create_task(admission.acquire("m", line, nbytes=80))
+        await asyncio.sleep(0)
+        with pytest.raises(ResourceExhausted, match="MiB of queued requests"):
+            await admission.acquire("m", line, nbytes=80)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert line.queued_bytes == 0 and not line.waiters
+
+    asyncio.run(scenario())

@@ -3,6 +3,7 @@ while a model reloads; the standard health service and reflection answer over th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from pathlib import Path
@@ -77,7 +78,7 @@ def world(tmp_path: Path):
 
 
 def _status(reporter: HealthReporter, service: str) -> int:
-    return reporter.servicer.Check(health_pb2.HealthCheckRequest(service=service), mock.Mock()).status
+    return asyncio.run(reporter.servicer.Check(health_pb2.HealthCheckRequest(service=service), mock.Mock())).status
 
 
 def test_not_serving_until_every_model_is_loaded_or_failed(world):

@@ -28,7 +28,7 @@ MiB = 1024 * 1024
 def kvd(tmp_path_factory, served_digits):
     repository = tmp_path_factory.mktemp("limits") / "repo"
     copy_model(served_digits.repository, "digits", repository)
-    kvd = start_kvd(repository, "--no-warm-converter", "--max-queue", "1", "--max-uploads", "1", "--upload-queue-seconds", "0", "--max-upload-mb", "1",
+    kvd = start_kvd(repository, "--no-warm-converter", "--access-log", "--max-queue", "1", "--max-uploads", "1", "--upload-queue-seconds", "0", "--max-upload-mb", "1",
                     "--conversion-timeout", "1", "--log-format", "json", env={"KVSERVE_TEST_FAULT": "slow-infer=1.5"})
     yield kvd
     kvd.kill()

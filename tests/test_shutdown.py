@@ -22,7 +22,7 @@ from kvserve.proto import kvserve_service_pb2 as kv
 def kvd(tmp_path_factory, served_digits):
     repository = tmp_path_factory.mktemp("shutdown") / "repo"
     copy_model(served_digits.repository, "digits", repository)
-    kvd = start_kvd(repository, "--no-warm-converter", "--grace-seconds", "20", env={"KVSERVE_TEST_FAULT": "slow-infer=3,slow-convert=60"})
+    kvd = start_kvd(repository, "--no-warm-converter", "--access-log", "--grace-seconds", "20", env={"KVSERVE_TEST_FAULT": "slow-infer=3,slow-convert=60"})
     yield kvd
     kvd.kill()
 

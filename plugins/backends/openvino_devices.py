@@ -1,14 +1,15 @@
 """Built-in OpenVINO backends: ``CPU``, ``GPU`` and ``MYRIAD`` (served on ``NPU`` where OpenVINO has one).
 
 One compiled model per loaded version, with a pool of infer requests sized from the device's
-OPTIMAL_NUMBER_OF_INFER_REQUESTS: each gRPC worker thread borrows a request, runs it (OpenVINO releases the
-GIL while it computes) and gives it back, so concurrent calls keep every stream busy. Inputs are handed to
+OPTIMAL_NUMBER_OF_INFER_REQUESTS: each call borrows a request, starts it asynchronously and gives it back when
+its completion callback fires, so concurrent calls keep every stream busy without a thread per call. Inputs are handed to
 OpenVINO with ``share_inputs``: writable arrays are used in place, read-only ones (views of the received gRPC
 bytes) are copied once into the request's input tensor, the one copy a request costs on its way in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import threading
@@ -43,6 +44,20 @@ def _init_numpy_bridge(ov: Any) -> None:
     once (two requests arriving together on a fresh model) deadlocks in pybind11's ``gil_safe_call_once``."""
     ov.Type.f32.to_dtype()
     ov.Tensor(np.zeros(1, dtype=np.float32)).data  # noqa: B018 - the access is the point
+
+
+def _completed(userdata: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]) -> None:
+    """OpenVINO's completion callback (runs on one of its threads): wake the awaiting coroutine on its loop."""
+    loop, done = userdata
+    try:
+        loop.call_soon_threadsafe(_resolve, done)
+    except RuntimeError:  # the loop has closed (kvd stopping): nobody awaits the answer
+        pass
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 def forced_execution() -> str | None:
@@ -81,7 +96,13 @@ def executed_precision(compiled: Any) -> str:
 
 
 class OpenVINORunner:
-    """Thread-safe inference on one compiled model through a pool of infer requests."""
+    """Inference on one compiled model through a pool of infer requests.
+
+    ``infer`` (thread-safe, blocking) serves parity checks and benchmarks; ``infer_async`` serves the daemon:
+    it starts a pooled request with ``start_async`` and awaits a future its completion callback resolves, so
+    no thread waits while OpenVINO computes. Outputs are copied out of the request's tensors once, then the
+    request goes back to the pool.
+    """
 
     def __init__(self, compiled: Any, outputs: list[TensorSpec], device: str) -> None:
         self.compiled = compiled
@@ -90,8 +111,11 @@ class OpenVINORunner:
         self.output_names = [spec.name for spec in outputs]
         self.nireq = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._output_index = _output_index(compiled, self.output_names)
         for _ in range(self.nireq):
-            self._pool.put(compiled.create_infer_request())
+            request = compiled.create_infer_request()
+            request.set_callback(_completed, None)
+            self._pool.put(request)
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         request = self._pool.get()
@@ -101,10 +125,48 @@ class OpenVINORunner:
         finally:
             self._pool.put(request)
 
+    async def infer_async(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        try:
+            request = self._pool.get_nowait()
+        except queue.Empty:  # more callers than requests (the daemon's gate prevents it): wait on a thread
+            return await asyncio.to_thread(self.infer, inputs, outputs)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        try:
+            request.start_async(inputs, userdata=(loop, done), share_inputs=True)
+        except BaseException:
+            self._pool.put(request)
+            raise
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:  # the caller left: the request is still running, pool it once it ends
+            done.add_done_callback(lambda _: self._pool.put(request))
+            raise
+        try:
+            request.wait()  # returns at once; raises OpenVINO's error if the inference failed
+            return {name: self._read(request, name) for name in (outputs or self.output_names)}
+        finally:
+            self._pool.put(request)
+
+    def _read(self, request: Any, name: str) -> np.ndarray:
+        index = self._output_index.get(name)
+        tensor = request.get_output_tensor(index) if index is not None else request.get_tensor(name)
+        return np.array(tensor.data, copy=True)  # the one copy out: the request's memory is reused next call
+
     def close(self) -> None:
         while not self._pool.empty():
             self._pool.get_nowait()
         self.compiled = None
+
+
+def _output_index(compiled: Any, names: list[str]) -> dict[str, int]:
+    """Signature output name -> the compiled model's output index (read by index: no name lookup per call)."""
+    index: dict[str, int] = {}
+    for position, port in enumerate(compiled.outputs):
+        for name in port.get_names():
+            if name in names:
+                index.setdefault(name, position)
+    return index
 
 
 class OpenVINOBackend:

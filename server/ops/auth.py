@@ -1,4 +1,4 @@
-"""Bearer tokens with two roles, checked in one interceptor before a request is even decoded.
+"""Bearer tokens with two roles, checked by the call interceptor before a request is even decoded.
 
 Token file (``kvd --auth-token-file``): one ``ROLE TOKEN`` per line, ROLE ``read`` or ``admin``; blank lines and
 ``#`` comments are ignored; tokens are at least 16 characters (``openssl rand -hex 32`` makes a good one).
@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
-
-from kvserve.server.api.grpc.interceptors import refusing
 
 log = logging.getLogger("kvserve.server.ops.auth")
 
@@ -81,26 +79,17 @@ def _bearer(metadata: Any) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """UNAUTHENTICATED without a valid token; PERMISSION_DENIED when the token's role does not grant the method."""
-
-    def __init__(self, tokens: dict[bytes, str]) -> None:
-        self.tokens = tokens
-
-    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        token = _bearer(handler_call_details.invocation_metadata)
-        if token is None:
-            return refusing(handler, grpc.StatusCode.UNAUTHENTICATED,
-                            "kvd requires a token: pass --token or set KVSERVE_TOKEN (sent as 'authorization: Bearer TOKEN')")
-        role = self.tokens.get(_digest(token))
-        if role is None:
-            return refusing(handler, grpc.StatusCode.UNAUTHENTICATED, "the token is not valid for this kvd; check --token / KVSERVE_TOKEN")
-        needed = role_needed(method)
-        if needed not in GRANTS[role]:
-            return refusing(handler, grpc.StatusCode.PERMISSION_DENIED,
-                            f"{method.rsplit('/', 1)[-1]} needs an {needed} token; this token has the {role} role")
-        return handler
+def check_token(tokens: dict[bytes, str], method: str, metadata: Any) -> tuple[grpc.StatusCode, str] | None:
+    """None when the call's bearer token grants ``method``; else UNAUTHENTICATED (no or unknown token) or
+    PERMISSION_DENIED (the token's role does not grant it) with the message to send."""
+    token = _bearer(metadata)
+    if token is None:
+        return (grpc.StatusCode.UNAUTHENTICATED,
+                "kvd requires a token: pass --token or set KVSERVE_TOKEN (sent as 'authorization: Bearer TOKEN')")
+    role = tokens.get(_digest(token))
+    if role is None:
+        return grpc.StatusCode.UNAUTHENTICATED, "the token is not valid for this kvd; check --token / KVSERVE_TOKEN"
+    needed = role_needed(method)
+    if needed not in GRANTS[role]:
+        return grpc.StatusCode.PERMISSION_DENIED, f"{method.rsplit('/', 1)[-1]} needs an {needed} token; this token has the {role} role"
+    return None

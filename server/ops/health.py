@@ -7,8 +7,10 @@ is SERVING while the model has a ready version (a reload keeps the old one servi
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import _async, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from kvserve.proto import _pool
@@ -22,28 +24,48 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class HealthReporter:
-    """Keeps the health servicer in step with the model manager."""
+    """Keeps the (aio) health servicer in step with the model manager; changes arrive on any thread and are
+    applied on the event loop, where Watch streams wait without holding a thread."""
 
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
-        self.servicer = health.HealthServicer()
-        self.servicer.set("", NOT_SERVING)
+        self.servicer = _async.HealthServicer()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._set("", NOT_SERVING)
         manager.subscribe(self.update)
         if manager.startup_complete.is_set():
             self.update("")
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop the servicer lives on (set once the server runs)."""
+        self._loop = loop
+
+    def _set(self, service: str, status: int) -> None:
+        if self._loop is None or not self._loop.is_running():
+            if not self.servicer._gracefully_shutting_down:
+                self.servicer._server_status[service] = status  # no loop runs it, so nobody watches
+            return
+
+            return
+        asyncio.run_coroutine_threadsafe(self.servicer.set(service, status), self._loop)
 
     def update(self, name: str) -> None:
         """``name`` changed; ``""`` means start-up finished, so every model is (re)reported."""
         entries = self.manager.entries()
         ready = {e.name for e in entries if e.state == READY}
         if not name:
-            self.servicer.set("", SERVING if self.manager.ready() else NOT_SERVING)
+            self._set("", SERVING if self.manager.ready() else NOT_SERVING)
         for model in ({name} if name else {e.name for e in entries}):
-            self.servicer.set(model, SERVING if model in ready else NOT_SERVING)
+            self._set(model, SERVING if model in ready else NOT_SERVING)
 
     def drain(self) -> None:
         """Everything NOT_SERVING, for good (the process is going away)."""
-        self.servicer.enter_graceful_shutdown()
+        if self._loop is not None and self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.servicer.enter_graceful_shutdown(), self._loop).result(5)
+            return
+        for service in list(self.servicer._server_status):  # no loop runs it, so nobody watches: set directly
+            self.servicer._server_status[service] = NOT_SERVING
+        self.servicer._gracefully_shutting_down = True
 
 
 def add_to_server(reporter: HealthReporter, server: grpc.Server) -> None:

@@ -1,8 +1,8 @@
 """Draining: on SIGTERM new calls get UNAVAILABLE while the calls already running get time to finish.
 
 ``Lifecycle`` counts calls in flight and runs the drain callbacks (health to NOT_SERVING, uploads abandoned);
-``DrainInterceptor`` applies it to every RPC except health checks, which keep answering (NOT_SERVING) so load
-balancers see the drain.
+the call interceptor (``api/grpc/calls.py``) applies it to every RPC except health checks, which keep answering
+(NOT_SERVING) so load balancers see the drain.
 """
 
 from __future__ import annotations
@@ -11,21 +11,17 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
-
-import grpc
-
-from kvserve.server.api.grpc.interceptors import refusing, scoped
+from typing import Callable, Iterator
 
 log = logging.getLogger("kvserve.server")
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+DRAINING_MESSAGE = "kvd is shutting down; retry on another instance or after it restarts"
 
 
 class Lifecycle:
     def __init__(self) -> None:
         self._draining = threading.Event()
-        self._idle = threading.Condition()
         self._in_flight = 0
         self._on_drain: list[Callable[[], None]] = []
 
@@ -51,37 +47,28 @@ class Lifecycle:
             except Exception:  # noqa: BLE001 - draining goes on
                 log.exception("drain callback failed")
 
+    def enter(self) -> None:
+        """A call started (event loop; the count is read by ``wait_idle`` on another thread)."""
+        self._in_flight += 1
+
+    def leave(self) -> None:
+        self._in_flight -= 1
+
     @contextmanager
     def call(self) -> Iterator[None]:
-        with self._idle:
-            self._in_flight += 1
+        """``enter``/``leave`` around a block (the HTTP door, on the same loop)."""
+        self.enter()
         try:
             yield
         finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
+            self.leave()
 
     def wait_idle(self, timeout: float, hurry: threading.Event | None = None) -> bool:
         """Wait until no call is in flight, at most ``timeout`` s (less if ``hurry`` is set); True when idle."""
         deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._in_flight:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (hurry is not None and hurry.is_set()):
-                    return False
-                self._idle.wait(min(remaining, 0.1))
+        while self._in_flight > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (hurry is not None and hurry.is_set()):
+                return False
+            time.sleep(min(remaining, 0.05))
         return True
-
-
-class DrainInterceptor(grpc.ServerInterceptor):
-    def __init__(self, lifecycle: Lifecycle) -> None:
-        self.lifecycle = lifecycle
-
-    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
-            return handler
-        if self.lifecycle.draining:
-            return refusing(handler, grpc.StatusCode.UNAVAILABLE, "kvd is shutting down; retry on another instance or after it restarts")
-        return scoped(handler, handler_call_details.method, lambda method, request, context: self.lifecycle.call())

@@ -1,44 +1,24 @@
 """Back-pressure: bounded queues in front of each model and around uploads, and dropping work nobody awaits.
 
 Memory stays bounded: gRPC admits at most ``--max-concurrent-rpcs`` calls, each model lets at most
-``--max-queue`` requests wait for a free infer slot (more get RESOURCE_EXHAUSTED at once), and at most
-``--max-uploads`` uploads run (others wait ``--upload-queue-seconds``, then get RESOURCE_EXHAUSTED).
+``--max-queue`` requests (and ``--max-queue-mb`` of their inputs) wait for a free infer slot (more get
+RESOURCE_EXHAUSTED at once), and at most ``--max-uploads`` uploads run (others wait ``--upload-queue-seconds``,
+then get RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import weakref
+from collections import deque
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
-from kvserve.server.errors import Cancelled, KvError, ResourceExhausted
+from kvserve.server.errors import DeadlineExceeded, KvError, ResourceExhausted
 
 DEFAULT_SLOTS = 4  # concurrent infers on a runner that does not say (OpenVINO runners say: nireq)
-POLL_S = 0.05
-
-
-class Call(Protocol):
-    """What the data plane needs to know about the caller (a grpc.ServicerContext has both)."""
-
-    def is_active(self) -> bool: ...
-
-    def time_remaining(self) -> float | None: ...
-
-
-def gone(call: Call | None) -> str:
-    """Why nobody awaits this call's answer any more, or "" while someone does."""
-    if call is None:
-        return ""
-    remaining = call.time_remaining()
-    if remaining is not None and remaining <= 0:
-        return "deadline"
-    return "" if call.is_active() else "cancelled"
-
-
-def dropped(reason: str) -> Cancelled:
-    return Cancelled(f"the call was dropped before the model ran: the client's {'deadline passed' if reason == 'deadline' else 'call was cancelled'}")
 
 
 def runner_slots(runner: Any) -> int:
@@ -46,56 +26,92 @@ def runner_slots(runner: Any) -> int:
     return max(1, int(getattr(runner, "nireq", 0) or DEFAULT_SLOTS))
 
 
-class InferGate:
-    """Per model: at most ``max_queue`` requests waiting; per runner: at most ``runner_slots`` running."""
+def deadline_passed(name: str) -> DeadlineExceeded:
+    return DeadlineExceeded(f"the call's deadline passed while it waited for model '{name}'; "
+                            "give it a longer deadline or send fewer requests at once")
 
-    def __init__(self, max_queue: int) -> None:
+
+class ModelQueue:
+    """One runner's slots and the calls waiting for them (event-loop only: no locks)."""
+
+    __slots__ = ("slots", "running", "waiters", "queued_bytes", "__weakref__")
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.running = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.queued_bytes = 0
+
+
+class Admission:
+    """Per model: at most ``runner_slots`` calls running, at most ``max_queue`` waiting (and ``max_queued_bytes``
+    of their inputs); beyond that RESOURCE_EXHAUSTED at once. Every call the data plane sees is counted here:
+    gRPC's aio server no longer holds callers where this cannot see them. Deadlines are honoured while queued.
+    """
+
+    def __init__(self, max_queue: int, max_queued_bytes: int = 0) -> None:
         self.max_queue = max_queue
-        self._lock = threading.Lock()
-        self._waiting: dict[str, int] = {}
-        self._slots: weakref.WeakKeyDictionary[Any, threading.Semaphore] = weakref.WeakKeyDictionary()
-        self._by_name: dict[str, threading.Semaphore] = {}
+        self.max_queued_bytes = max_queued_bytes
+        self._queues: weakref.WeakKeyDictionary[Any, ModelQueue] = weakref.WeakKeyDictionary()
+        self._by_name: dict[str, ModelQueue] = {}
 
-    def waiting(self, model: str) -> int:
-        with self._lock:
-            return self._waiting.get(model, 0)
-
-    def _semaphore(self, model: str, runner: Any) -> threading.Semaphore:
-        """The runner's slots; a plugin runner that cannot be weakly referenced is gated by model name."""
+    def queue(self, model: str, runner: Any) -> ModelQueue:
+        """The runner's queue; a plugin runner that cannot be weakly referenced is queued by model name."""
         try:
-            return self._slots.setdefault(runner, threading.Semaphore(runner_slots(runner)))
+            found = self._queues.get(runner)
+            if found is None:
+                found = self._queues[runner] = ModelQueue(runner_slots(runner))
+            return found
         except TypeError:
-            return self._by_name.setdefault(model, threading.Semaphore(runner_slots(runner)))
+            return self._by_name.setdefault(model, ModelQueue(runner_slots(runner)))
 
-    @contextmanager
-    def slot(self, model: str, runner: Any, call: Call | None = None) -> Iterator[float]:
-        """Hold one infer slot of ``runner``; yields the seconds spent queued for it."""
-        with self._lock:
-            waiting = self._waiting.get(model, 0)
-            semaphore = self._semaphore(model, runner)
-            if waiting >= self.max_queue:  # full, unless a slot is free right now (then nobody waits)
-                if not semaphore.acquire(blocking=False):
-                    raise ResourceExhausted(
-                        f"model '{model}' already has {waiting} requests queued (kvd --max-queue {self.max_queue}); "
-                        "retry with back-off or spread the load"
-                    )
-                semaphore.release()
-            self._waiting[model] = waiting + 1
-        started = time.perf_counter()
+    def check(self, model: str, line: ModelQueue, nbytes: int = 0) -> None:
+        """RESOURCE_EXHAUSTED if one more waiting call (of ``nbytes`` of inputs) would exceed the bounds."""
+        if len(line.waiters) >= self.max_queue:
+            raise ResourceExhausted(f"model '{model}' already has {len(line.waiters)} requests queued (kvd --max-queue "
+                                    f"{self.max_queue}); retry with back-off or spread the load")
+        if self.max_queued_bytes and line.waiters and line.queued_bytes + nbytes > self.max_queued_bytes:
+            raise ResourceExhausted(f"model '{model}' already holds {line.queued_bytes >> 20} MiB of queued requests "
+                                    f"(kvd --max-queue-mb {self.max_queued_bytes >> 20}); retry with back-off")
+
+    async def acquire(self, model: str, line: ModelQueue, nbytes: int = 0, deadline: float | None = None) -> float:
+        """Take one slot, waiting in line if all are busy; returns the seconds spent waiting."""
+        if line.running < line.slots and not line.waiters:
+            line.running += 1
+            return 0.0
+        self.check(model, line, nbytes)
+        started = time.monotonic()
+        timeout = None if deadline is None else deadline - started
+        if timeout is not None and timeout <= 0:
+            raise deadline_passed(model)
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        line.waiters.append(turn)
+        line.queued_bytes += nbytes
         try:
-            while not semaphore.acquire(timeout=POLL_S):
-                reason = gone(call)
-                if reason:
-                    raise dropped(reason)
+            await asyncio.wait_for(turn, timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as error:
+            if turn.done() and not turn.cancelled():  # handed a slot just as it gave up: pass it on
+                self.release(line)
+            if isinstance(error, asyncio.TimeoutError):
+                raise deadline_passed(model) from None
+            raise
         finally:
-            with self._lock:
-                self._waiting[model] -= 1
-                if not self._waiting[model]:
-                    del self._waiting[model]
-        try:
-            yield time.perf_counter() - started
-        finally:
-            semaphore.release()
+            line.queued_bytes -= nbytes
+            try:
+                line.waiters.remove(turn)
+            except ValueError:
+                pass
+        return time.monotonic() - started
+
+    @staticmethod
+    def release(line: ModelQueue) -> None:
+        """Give the slot to the next caller still waiting, else free it."""
+        while line.waiters:
+            turn = line.waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        line.running -= 1
 
 
 class UploadSlots:

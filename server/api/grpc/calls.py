@@ -1,22 +1,26 @@
-"""``CallObserver``: the one interceptor that measures and logs every RPC.
+"""``CallInterceptor``: the one interceptor every RPC passes (auth, drain, error mapping, metrics, access log).
 
-Per call it counts the status code, times the whole call, tracks calls in flight, and writes one log line with
-the method, model, version, the v2 request ``id`` and the outcome (never the tensors). Probes (liveness,
-readiness, health checks) are logged at DEBUG so they do not drown the rest.
+Per call it counts the status code and times the whole call. A log line per call (method, model, version, the
+v2 request ``id``, the outcome; never the tensors) is written only with ``kvd --access-log`` (probes at
+DEBUG); calls that fail are always logged. One pass instead of a chain: each layer of a chain cost a wrapper
+call and a context manager per RPC.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import grpc
 
+from kvserve.server.api.grpc.interceptors import rewrap, status_of
 from kvserve.server.ops import metrics
-from kvserve.server.api.grpc.interceptors import scoped
+from kvserve.server.ops.auth import check_token
+from kvserve.server.ops.lifecycle import DRAINING_MESSAGE, EXEMPT_PREFIXES, Lifecycle
 from kvserve.server.ops.logs import event
 
 log = logging.getLogger("kvserve.server.api.grpc.calls")
@@ -31,6 +35,7 @@ class CallRecord:
     version: str = ""
     request_id: str = ""
     response: Any = None
+    code: grpc.StatusCode = grpc.StatusCode.OK
 
 
 def _describe(method: str, request: Any, known_model: Callable[[str], bool]) -> CallRecord:
@@ -56,47 +61,150 @@ def _fill(record: CallRecord, request: Any, known_model: Callable[[str], bool]) 
     return record
 
 
-def _code(context: grpc.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code
-    if isinstance(error, GeneratorExit) or not context.is_active():
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK
+Refusal = tuple[grpc.StatusCode, str]
 
 
-class CallObserver(grpc.ServerInterceptor):
-    """Outermost interceptor: sees every call, including those refused by auth or while draining."""
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """The one interceptor: per call it refuses (bad token, draining) before decoding the request, counts the
+    call in flight for the drain, maps exceptions to statuses, and measures it (metrics; a log line per call
+    only with ``access_log``; failures and refusals are always logged at INFO)."""
 
-    def __init__(self, known_model: Callable[[str], bool]) -> None:
+    def __init__(self, known_model: Callable[[str], bool], lifecycle: Lifecycle, tokens: dict[bytes, str] | None = None,
+                 access_log: bool = False) -> None:
         self.known_model = known_model
+        self.lifecycle = lifecycle
+        self.tokens = tokens
+        self.access_log = access_log
 
-    def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return scoped(handler, handler_call_details.method, self._observe)
+        method = handler_call_details.method
+        refusal: Refusal | None = None
+        if self.tokens is not None:
+            refusal = check_token(self.tokens, method, handler_call_details.invocation_metadata)
+        exempt = method.startswith(EXEMPT_PREFIXES)
+        if refusal is None and not exempt and self.lifecycle.draining:
+            refusal = (grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
+        if refusal is not None:
+            return rewrap(handler, self._refuse(method, refusal), request_deserializer=_raw)
+        behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        counted = not exempt
+        if inspect.isasyncgenfunction(behaviour):
+            return rewrap(handler, self._streaming(method, behaviour, counted))
+        return rewrap(handler, self._single(method, behaviour, counted))
 
-    @contextmanager
-    def _observe(self, method: str, request: Any, context: grpc.ServicerContext) -> Iterator[CallRecord]:
-        record = _describe(method, request, self.known_model)
-        started = time.perf_counter()
-        in_flight = metrics.IN_FLIGHT.labels(record.method, record.model)
-        in_flight.inc()
-        error: BaseException | None = None
-        try:
-            yield record
-        except BaseException as raised:
-            error = raised
-            raise
-        finally:
-            in_flight.dec()
-            seconds = time.perf_counter() - started
-            served = getattr(record.response, "model_version", "")
-            version = served if isinstance(served, str) and served else record.version
-            code = _code(context, error)
-            metrics.REQUESTS.labels(record.method, record.model, version, code.name).inc()
-            metrics.REQUEST_SECONDS.labels(record.method, record.model, version).observe(seconds)
-            level = logging.DEBUG if record.method in PROBES and code == grpc.StatusCode.OK else logging.INFO
+    def _refuse(self, method: str, refusal: Refusal) -> Callable[..., Any]:
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            record = CallRecord(method.rsplit("/", 1)[-1], code=refusal[0])
+            started = time.perf_counter()
+            try:
+                await context.abort(*refusal)
+            finally:
+                self._finish(record, context, started)
+
+        return refuse
+
+    def _single(self, method: str, behaviour: Callable[..., Any], counted: bool) -> Callable[..., Any]:
+        """Unary responses, and streams written with ``context.write`` (health's Watch)."""
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            record = _describe(method, request, self.known_model)
+            started = time.perf_counter()
+            in_flight = _child(metrics.IN_FLIGHT, record.method, record.model)
+            in_flight.inc()
+            if counted:
+                self.lifecycle.enter()
+            try:
+                response = behaviour(request, context)
+                if inspect.isawaitable(response):
+                    response = await response
+                record.response = response
+                return response
+            except BaseException as error:  # noqa: BLE001 - the mapping point
+                await _fail(record, context, method, error)
+            finally:
+                in_flight.dec()
+                if counted:
+                    self.lifecycle.leave()
+                self._finish(record, context, started)
+
+        return run
+
+    def _streaming(self, method: str, behaviour: Callable[..., Any], counted: bool) -> Callable[..., Any]:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            record = _describe(method, request, self.known_model)
+            started = time.perf_counter()
+            in_flight = _child(metrics.IN_FLIGHT, record.method, record.model)
+            in_flight.inc()
+            if counted:
+                self.lifecycle.enter()
+            try:
+                async for item in behaviour(request, context):
+                    yield item
+            except BaseException as error:  # noqa: BLE001 - the mapping point
+                await _fail(record, context, method, error)
+            finally:
+                in_flight.dec()
+                if counted:
+                    self.lifecycle.leave()
+                self._finish(record, context, started)
+
+        return run
+
+    def _finish(self, record: CallRecord, context: grpc.aio.ServicerContext, started: float) -> None:
+        seconds = time.perf_counter() - started
+        served = getattr(record.response, "model_version", "")
+        version = served if isinstance(served, str) and served else record.version
+        code = record.code
+        _child(metrics.REQUESTS, record.method, record.model, version, code.name).inc()
+        _child(metrics.REQUEST_SECONDS, record.method, record.model, version).observe(seconds)
+        if code == grpc.StatusCode.OK:
+            if not self.access_log:
+                return
+            level = logging.DEBUG if record.method in PROBES else logging.INFO
+        else:
+            level = logging.INFO
+        if log.isEnabledFor(level):
             event(log, level, "rpc", method=record.method, model=record.model, version=version, id=record.request_id,
                   code=code.name, ms=round(seconds * 1000, 2), peer=context.peer())
+
+
+async def _fail(record: CallRecord, context: grpc.aio.ServicerContext, method: str, error: BaseException) -> None:
+    """Record the outcome of a call that raised, and turn the exception into its status."""
+    if isinstance(error, grpc.aio.AbortError):  # the servicer aborted with its own status
+        record.code = _context_code(context) or grpc.StatusCode.UNKNOWN
+        raise error
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)) or context.cancelled():
+        record.code = grpc.StatusCode.CANCELLED
+        raise error
+    if not isinstance(error, Exception):
+        raise error
+    record.code, message = status_of(method, error)
+    await context.abort(record.code, message)
+
+
+def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
+    try:
+        code = context.code()
+    except Exception:  # noqa: BLE001 - older grpc
+        return None
+    return code if isinstance(code, grpc.StatusCode) else None
+
+
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, cached: labels are bounded (methods, known models, versions, codes)."""
+    key = (metric, *labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
+def _raw(data: bytes) -> bytes:
+    """A refused call's request is never decoded (None would mean "undecodable" to gRPC)."""
+    return data

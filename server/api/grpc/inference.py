@@ -6,13 +6,19 @@ generated base class.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 import grpc
 
 from kvserve.proto import grpc_service_pb2 as pb
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import model_config_pb2 as mc
 from kvserve.proto.tensors import decode_request_inputs, encode_response_outputs
-from kvserve.proto.wire import InferResponseView
+from kvserve.proto.wire import InferResponseView, parse_infer_request, serialize_infer_response
+from kvserve.server.api.grpc.register import add_service
+from kvserve.server.batching import BatchPolicy, batchable
 from kvserve.server.dataplane import DataPlane
 from kvserve.server.errors import InvalidArgument, NotFound
 from kvserve.server.models.manager import READY, ModelManager, ModelVersion
@@ -29,19 +35,26 @@ def platform_of(model: ModelVersion) -> str:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Coroutines on the event loop; anything that may touch the disk or load a model runs on a worker thread,
+    so health and metadata answer whatever the data plane is doing. ``context`` may be None (the HTTP door
+    calls the metadata methods directly)."""
+
     def __init__(self, manager: ModelManager, dataplane: DataPlane, settings: Settings) -> None:
         self.manager = manager
         self.dataplane = dataplane
         self.settings = settings
 
     # --- health -------------------------------------------------------------------------------------
-    def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return LIVE
 
-    def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.ServicerContext) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.manager.ready())
 
-    def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        return await asyncio.to_thread(self._model_ready, request)
+
+    def _model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
         try:
             model = self.manager.get(request.name, request.version)
         except (NotFound, InvalidArgument):
@@ -51,10 +64,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=model.state == READY)
 
     # --- metadata -----------------------------------------------------------------------------------
-    def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
 
-    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        return await asyncio.to_thread(self._model_metadata, request)
+
+    def _model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         model = self.manager.get(request.name, request.version)
         response = pb.ModelMetadataResponse(
             name=model.name,
@@ -67,7 +83,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
         return response
 
-    def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.ServicerContext) -> pb.ModelConfigResponse:
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        return await asyncio.to_thread(self._model_config, request)
+
+    def _model_config(self, request: pb.ModelConfigRequest) -> pb.ModelConfigResponse:
         model = self.manager.get(request.name, request.version)
         batched = all(spec.shape and spec.shape[0] < 0 for spec in model.inputs + model.outputs)
         config = mc.ModelConfig(
@@ -83,21 +102,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             config.output.add(name=spec.name, data_type=mc.DataType.Value(f"TYPE_{_config_type(spec.datatype)}"),
                               dims=list(spec.shape[1:] if batched else spec.shape))
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU if model.backend in ("CPU", "TF") else mc.ModelInstanceGroup.KIND_MODEL, count=1)
+        policy = BatchPolicy.from_settings(model.manifest.get("dynamic_batching"))
+        if policy is not None and batchable(model.inputs, model.outputs):  # advertised only when on
+            config.dynamic_batching.max_queue_delay_microseconds = round(policy.max_queue_delay_s * 1e6)
+            config.dynamic_batching.preferred_batch_size.extend(policy.preferred_sizes)
         return pb.ModelConfigResponse(config=config)
 
     # --- inference ----------------------------------------------------------------------------------
-    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> InferResponseView:
         inputs = decode_request_inputs(request)
         requested = [output.name for output in request.outputs]
-        model, outputs = self.dataplane.infer(request.model_name, request.model_version, inputs, requested,
-                                              _classification(request), call=context)
-        # A view, serialized by kvserve.server.api.grpc.infer_codec without copying the outputs into protobuf first.
+        remaining = context.time_remaining() if context is not None else None
+        deadline = None if remaining is None else time.monotonic() + remaining
+        model, outputs = await self.dataplane.infer(request.model_name, request.model_version, inputs, requested,
+                                                    _classification(request), deadline)
+        # A view, serialized by kvserve.proto.wire (registered for ModelInfer) without copying outputs into protobuf.
         response = InferResponseView(pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id))
         encode_response_outputs(response, outputs)
         return response
 
     # --- repository ---------------------------------------------------------------------------------
-    def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext) -> pb.RepositoryIndexResponse:
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        return await asyncio.to_thread(self._repository_index, request)
+
+    def _repository_index(self, request: pb.RepositoryIndexRequest) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
         for entry in self.manager.entries():
             if request.ready and entry.state != READY:
@@ -105,21 +133,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.models.add(name=entry.name, version=str(entry.version) if entry.version else "", state=entry.state, reason=entry.reason)
         return response
 
-    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: grpc.ServicerContext) -> pb.RepositoryModelLoadResponse:
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any) -> pb.RepositoryModelLoadResponse:
         version = None
         devices = None
         if "version" in request.parameters:
             version = parse_version(_parameter_text(request.parameters["version"]))
         if "devices" in request.parameters:
             devices = [d.strip().upper() for d in _parameter_text(request.parameters["devices"]).split(",") if d.strip()]
-        self.manager.load(request.model_name, version, devices)
+        await asyncio.to_thread(self.manager.load, request.model_name, version, devices)
         return pb.RepositoryModelLoadResponse()
 
-    def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: grpc.ServicerContext) -> pb.RepositoryModelUnloadResponse:
-        if not self.manager.repository.versions(request.model_name):
-            raise NotFound(self.manager.not_found_message(request.model_name))
-        self.manager.unload(request.model_name)
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: Any) -> pb.RepositoryModelUnloadResponse:
+        await asyncio.to_thread(self._unload, request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+    def _unload(self, name: str) -> None:
+        if not self.manager.repository.versions(name):
+            raise NotFound(self.manager.not_found_message(name))
+        self.manager.unload(name)
+
+
+SERVICE = "inference.GRPCInferenceService"
+LIVE = pb.ServerLiveResponse(live=True)
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the v2 service; ModelInfer with kvserve's zero-copy codec (``kvserve.proto.wire``)."""
+    add_service(server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb, servicer,
+                {"ModelInfer": (parse_infer_request, serialize_infer_response)})
 
 
 def _int_parameter(parameter: pb.InferParameter, what: str) -> int:
