@@ -253,6 +253,13 @@ def _datatype(tensor: Any, role: str, name: str) -> str:
     return V2_DATATYPES[text]
 
 
+def _makes_strings(tensor: Any) -> bool:
+    """Keras declares an inverted StringLookup's output as int64; it is strings."""
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None) or getattr(history, "layer", None)
+    return type(layer).__name__ == "StringLookup" and bool(getattr(layer, "invert", False))
+
+
 def _shape(tensor: Any) -> tuple[int, ...]:
     return tuple(-1 if d is None else int(d) for d in tuple(tensor.shape))
 
@@ -304,7 +311,8 @@ def keras_signature(model: Any) -> KerasSignature:
     outputs = []
     for (path, tensor), fallback in zip(out_leaves, keras_names):
         name = _leaf_name(path, fallback)
-        outputs.append(TensorSpec(name, _datatype(tensor, "output", name), _shape(tensor)))
+        datatype = "BYTES" if _makes_strings(tensor) else _datatype(tensor, "output", name)
+        outputs.append(TensorSpec(name, datatype, _shape(tensor)))
     _unique([s.name for s in inputs], "input")
     _unique([s.name for s in outputs], "output")
     return KerasSignature(inputs, outputs, in_struct, out_struct)

@@ -97,6 +97,9 @@ class KerasOpenVINOConverter:
         signature = keras_signature(model)
         details = {"kind": "keras", "loader": loaded.loader, "keras_class": type(model).__name__, "model_name": model.name,
                    "layers": len(model.layers)}
+        compute = _compute_dtype(model)
+        if compute != "float32":  # e.g. mixed_float16: the reference itself is only float16-exact
+            details["compute_dtype"] = compute
         if isinstance(signature.input_struct, dict):
             details["named_inputs"] = True
         if any(spec.datatype == "BYTES" for spec in signature.inputs + signature.outputs):
@@ -136,6 +139,15 @@ def _name_ports(ports: list[Any], specs: list[TensorSpec], kind: str) -> None:
         ordered = list(ports)
     for port, spec in zip(ordered, specs):
         port.get_tensor().set_names({spec.name})
+
+
+def _compute_dtype(model: Any) -> str:
+    """The narrowest compute dtype of the model's layers (float16/bfloat16 under a mixed precision policy)."""
+    found = {str(getattr(layer, "compute_dtype", "float32") or "float32") for layer in getattr(model, "layers", [])}
+    for narrow in ("float16", "bfloat16"):
+        if narrow in found:
+            return narrow
+    return "float32"
 
 
 def _string_ops_extension(model: SourceModel) -> None:
