@@ -157,16 +157,24 @@ def test_user_samples_drive_the_parity_check(served_digits, digits, tmp_path):
 
 
 def test_corrupted_ir_fails_the_parity_check(kvd_factory, digits):
+    """An IR that answers wrong at every rung of the ladder: served by TF when TF is in the device list, else
+    refused naming the rungs tried, unless --force."""
     kvd = kvd_factory(env={"KVSERVE_TEST_FAULT": "corrupt-ir"})
     with kvd.client() as client:
-        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="corrupt"))
+        fallback = client.upload(digits.paths["h5"], name="corrupt-tf")
+        assert fallback["served_by"]["backend"] == "TF" and fallback["ir"] is None
+        assert "parity failed at every precision tried" in fallback["conversion_error"]
+        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="corrupt", devices=["CPU"]))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "disagrees with the original" in error.details() and "--force" in error.details()
-        assert client.list_models() == []
-        manifest = client.upload(digits.paths["h5"], name="corrupt", force=True)
-        assert manifest["parity"]["passed"] is False
+        assert "disagrees with the original at every precision tried" in error.details() and "--force" in error.details()
+        assert "\n" not in error.details()
+        assert [m["name"] for m in client.list_models()] == ["corrupt-tf"]
+        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="corrupt", devices=["CPU"], precision="fp16"))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "try --precision auto" in error.details()
+        manifest = client.upload(digits.paths["h5"], name="corrupt", devices=["CPU"], force=True)
+        assert manifest["parity"]["passed"] is False and manifest["parity"]["verdict"] == "fail"
     stored = json.loads((kvd.repository / "corrupt" / "1" / "manifest.json").read_text())
-    assert stored["parity"]["passed"] is False
+    assert stored["parity"]["passed"] is False and [r["verdict"] for r in stored["ladder"]] == ["fail", "fail", "fail"]
 
 
 def test_converter_crash_fails_only_that_upload(kvd_factory, digits):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import time
 
 import grpc
 import numpy as np

@@ -9,7 +9,6 @@ module raises at import. Every kvd is started through ``kvd_factory`` and stoppe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
