@@ -69,7 +69,11 @@ def custom_objects() -> dict[str, Any]:
                                 f"{type(error).__name__}: {one_line(error)}") from None
         hook = getattr(module, HOOK, None)
         if callable(hook):
-            hook(register)
+            try:
+                hook(register)
+            except Exception as error:  # noqa: BLE001 - the operator's module is broken: say which
+                raise ModelRejected(f"the custom objects module '{module_name}' (kvd --custom-objects) failed in {HOOK}: "
+                                    f"{type(error).__name__}: {one_line(error)}") from None
     from kvserve.plugins.manager import load_plugins
 
     load_plugins().keras_objects(register)
