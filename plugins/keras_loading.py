@@ -303,11 +303,16 @@ class KerasSignature:
 
 def keras_signature(model: Any) -> KerasSignature:
     """Names: dict keys where the model takes or gives a dict, else the Keras input names and ``output_names``."""
-    in_struct = input_structure(model)
+    try:
+        in_struct = input_structure(model)
+        out_struct = output_structure(model)
+    except (AttributeError, ValueError):  # a subclassed keras.Model that was never called on symbolic inputs
+        raise ModelRejected(f"the model ({type(model).__name__}, a keras.Model subclass) has no fixed inputs and outputs "
+                            "kvd can read; save a functional model, or export it with model.export(dir) and upload "
+                            "the SavedModel") from None
     in_leaves = flatten(in_struct)
     inputs = [TensorSpec(_leaf_name(path, tensor.name), "", _shape(tensor)) for path, tensor in in_leaves]
     inputs = [TensorSpec(spec.name, _datatype(tensor, "input", spec.name), spec.shape) for spec, (_, tensor) in zip(inputs, in_leaves)]
-    out_struct = output_structure(model)
     out_leaves = flatten(out_struct)
     keras_names = list(getattr(model, "output_names", None) or [])
     if len(keras_names) != len(out_leaves):

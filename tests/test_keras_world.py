@@ -353,3 +353,22 @@ def test_model_kind_is_served_right(tmp_path: Path, kind: str) -> None:
     tf_answers = _tf_runner(model, path).infer(feeds)
     reference = model.reference(feeds)
     assert compare(reference, tf_answers)["max_rel_diff"] <= F32_TOLERANCE  # TF runs the very same model
+
+
+def test_subclassed_model_without_fixed_inputs_is_a_one_line_refusal(tmp_path: Path) -> None:
+    @keras.saving.register_keras_serializable(package="kvserve_tests")
+    class Net(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, inputs):
+            return self.dense(inputs)
+
+    model = Net()
+    model(np.ones((1, 3), np.float32))
+    model.save(tmp_path / "net.keras")
+    with pytest.raises(ModelRejected) as info:
+        _load(tmp_path / "net.keras")
+    assert str(info.value).startswith("the model (Net, a keras.Model subclass) has no fixed inputs")
+    assert "model.export(dir)" in str(info.value) and "\n" not in str(info.value)
