@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	# TF Serving's client stubs, for the TF Serving API tests: its `tensorflow` requirement would replace
 	# tensorflow-cpu, which already provides the `tensorflow` package the stubs import.
 	$(BIN)/pip install --quiet --no-deps tensorflow-serving-api==2.21.0
+	# Keras 2 (tf_keras) loads the .h5 files Keras 3 cannot (RNN configs with time_major ...); same clash.
+	$(BIN)/pip install --quiet --no-deps tf-keras==2.21.0
 	touch $(STAMP)
 
 install: $(STAMP)

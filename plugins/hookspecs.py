@@ -24,3 +24,10 @@ def kvserve_register_converters(register: Callable[[object], None]) -> None:
 @hookspec
 def kvserve_register_backends(register: Callable[[object], None]) -> None:
     """Register device backends (objects following ``kvserve.plugins.types.Backend``)."""
+
+
+@hookspec
+def kvserve_register_keras_objects(register: Callable[..., None]) -> None:
+    """Register custom Keras layers, ``keras.Model`` subclasses, activations, losses ... that uploaded models use:
+    ``register(obj)`` (under its class or function name) or ``register(obj, "Name")``. Called in the processes
+    that load Keras models (the converter child, the TF backend), never merely because kvd starts."""

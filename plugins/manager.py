@@ -54,19 +54,26 @@ class Plugins:
             unique[backend.name] = backend
         return list(unique.values())
 
+    def keras_objects(self, register: Any) -> None:
+        """Let each plugin register its custom Keras classes and functions: ``register(obj, name=None)``."""
+        self._call_each("kvserve_register_keras_objects", register)
+
     def _collect(self, hook_name: str) -> list[Any]:
+        found: list[Any] = []
+        self._call_each(hook_name, found.append)
+        return found
+
+    def _call_each(self, hook_name: str, register: Any) -> None:
         """Call each plugin's implementation on its own (in registration order), so one that raises is
         reported and skipped instead of taking the others down."""
-        found: list[Any] = []
         for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
             try:
-                impl.function(register=found.append)
+                impl.function(register=register)
             except Exception as error:  # noqa: BLE001 - a broken plugin must not take the host down
                 message = f"{hook_name} raised {type(error).__name__}: {error}"
                 log.warning("plugin %s: %s", impl.plugin_name, message)
                 if all(f.name != impl.plugin_name for f in self.failures):
                     self.failures.append(PluginFailure(impl.plugin_name, message))
-        return found
 
     def describe(self) -> list[dict[str, Any]]:
         rows = []

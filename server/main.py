@@ -13,6 +13,7 @@ from kvserve.server.ops.logs import FORMATS, configure
 from kvserve.server.settings import (DEFAULT_ADDRESS, DEFAULT_HTTP_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_ADDRESS,
                                      DEFAULT_PRECISION, PERFORMANCE_HINTS, PRECISIONS, Settings, default_repository)
 from kvserve.server.version import SERVER_VERSION
+from kvserve.plugins.keras_loading import CUSTOM_OBJECTS_ENV
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
@@ -40,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--grace-seconds", type=float, default=10.0, help="how long in-flight calls may finish at shutdown")
     parser.add_argument("--allow-unsafe-deserialization", action="store_true",
                         help="allow Keras models whose loading runs Python code (Lambda layers); only for models you trust")
+    parser.add_argument("--custom-objects", action="append", default=[], metavar="MODULE",
+                        help="a trusted Python module with custom Keras layers/models (its kvserve_register_keras_objects(register), "
+                             "or keras.saving.register_keras_serializable on import); repeatable or comma-separated "
+                             "(env KVSERVE_CUSTOM_OBJECTS); imported only where models are loaded")
     parser.add_argument("--log-level", default=env("KVSERVE_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
     add_operations_arguments(parser)
     add_lifecycle_arguments(parser)
@@ -62,10 +67,35 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         performance_hint=args.performance_hint,
         grace_seconds=args.grace_seconds,
         allow_unsafe_deserialization=args.allow_unsafe_deserialization,
+        custom_objects=_module_names(args.custom_objects or [env(CUSTOM_OBJECTS_ENV, "")]),
         **operations_settings(args),
         config_file=args.config, config_poll_s=args.config_poll_seconds, poll_seconds=args.poll_seconds,
         **scale_out_settings(parser, args),
     ), args.log_level
+
+
+def _module_names(values: list[str]) -> tuple[str, ...]:
+    return tuple(name.strip() for value in values for name in value.split(",") if name.strip())
+
+
+def export_custom_objects(settings: Settings) -> None:
+    """Check that each --custom-objects module can be found (without importing it: that would import Keras into
+    kvd) and hand the list to every process that loads models (converter children, the TF backend) through the
+    environment they inherit. Raises ValueError naming a module that cannot be found."""
+    import importlib.util
+
+    for name in settings.custom_objects:
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            raise ValueError(f"--custom-objects: no module named '{name}' on kvd's Python path; install it or add its "
+                             "folder to PYTHONPATH")
+    if settings.custom_objects:
+        os.environ[CUSTOM_OBJECTS_ENV] = ",".join(settings.custom_objects)
+    else:
+        os.environ.pop(CUSTOM_OBJECTS_ENV, None)
 
 
 def add_lifecycle_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         forced_execution()  # a mistyped KVSERVE_INFERENCE_PRECISION stops kvd here, not at the first load
+        export_custom_objects(settings)  # before build: the warm converter child inherits it
         daemon = build(settings)
     except (OSError, ValueError) as error:
         log.error("%s", error)

@@ -39,6 +39,7 @@ class Settings:
     default_devices: tuple[str, ...] = DEFAULT_DEVICES
     default_precision: str = DEFAULT_PRECISION
     allow_unsafe_deserialization: bool = False
+    custom_objects: tuple[str, ...] = ()  # trusted modules with custom Keras classes (kvd --custom-objects)
     conversion_timeout_s: float = 900.0
     warm_converter: bool = True
     grace_seconds: float = 10.0

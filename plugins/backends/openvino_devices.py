@@ -34,9 +34,27 @@ def core() -> Any:
         if _core is None:
             import openvino as ov
 
+            _string_ops()
             _core = ov.Core()
             _init_numpy_bridge(ov)
         return _core
+
+
+def _string_ops() -> None:
+    """IRs of string models (TextVectorization, StringLookup) hold openvino-tokenizers' ops; its import
+    registers them with every Core made afterwards. Without it such IRs fail to load and TF serves them."""
+    try:
+        import openvino_tokenizers  # noqa: F401
+    except ImportError:
+        pass
+
+
+def openvino_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """OpenVINO takes string tensors as numpy bytes arrays, not the object arrays v2 BYTES decode to."""
+    if not any(a.dtype == object for a in inputs.values()):
+        return inputs
+    return {name: np.array([bytes(x) if not isinstance(x, str) else x.encode() for x in a.reshape(-1)], dtype=np.bytes_).reshape(a.shape)
+            if a.dtype == object else a for name, a in inputs.items()}
 
 
 def _init_numpy_bridge(ov: Any) -> None:
@@ -120,7 +138,7 @@ class OpenVINORunner:
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         request = self._pool.get()
         try:
-            result = request.infer(inputs, share_inputs=True, share_outputs=False)
+            result = request.infer(openvino_inputs(inputs), share_inputs=True, share_outputs=False)
             return {name: result[name] for name in (outputs or self.output_names)}
         finally:
             self._pool.put(request)

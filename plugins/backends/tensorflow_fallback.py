@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,7 +30,9 @@ def _tf_version() -> str:
 
 
 class TensorFlowRunner:
-    """One traced ``tf.function`` with a dynamic batch dim; TensorFlow handles concurrent calls itself."""
+    """One traced ``tf.function`` taking and giving tensors by name (a dict in, a dict out), with a dynamic
+    batch dim; TensorFlow handles concurrent calls itself. Self-contained: built from a model directory and its
+    manifest alone (``load_tensorflow_runner``), so it can run in a worker process."""
 
     def __init__(self, function: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], keep_alive: Any) -> None:
         self.function = function
@@ -41,14 +44,52 @@ class TensorFlowRunner:
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         import tensorflow as tf
 
-        result = self.function(*[tf.constant(inputs[spec.name]) for spec in self.inputs])
-        values = result if isinstance(result, (list, tuple)) else [result]
-        by_name = dict(result) if isinstance(result, dict) else dict(zip(self.output_names, values))
-        return {name: np.asarray(by_name[name]) for name in (outputs or self.output_names)}
+        from kvserve.plugins.keras_loading import to_numpy
+
+        result = self.function({spec.name: tf.constant(inputs[spec.name]) for spec in self.inputs})
+        return {name: to_numpy(result[name]) for name in (outputs or self.output_names)}
 
     def close(self) -> None:
         self.function = None
         self._keep_alive = None
+
+
+def load_tensorflow_runner(model_dir: Path, manifest: Mapping[str, Any], inputs: list[TensorSpec], outputs: list[TensorSpec],
+                           allow_unsafe: bool = False) -> TensorFlowRunner:
+    """The original model (Keras 3, tf_keras or SavedModel) behind a name-keyed ``tf.function``."""
+    import tensorflow as tf
+
+    from kvserve.plugins.keras_loading import keras_signature, load_keras
+
+    source = manifest["source"]
+    signature = {s.name: tf.TensorSpec([None if d < 0 else d for d in s.shape], _tf_dtype(s.datatype), name=_tf_name(s.name))
+                 for s in inputs}
+    if source["format"] == "savedmodel":
+        loaded = tf.saved_model.load(str(model_dir / source["savedmodel_dir"]))
+        serving = loaded.signatures["serving_default"]
+
+        def call(feeds: dict[str, Any]) -> Any:
+            return serving(**feeds)
+
+        return TensorFlowRunner(tf.function(call, input_signature=[signature]), inputs, outputs, loaded)
+    loader = (manifest.get("converter") or {}).get("loader")
+    model = load_keras(model_dir / source["file"], source["format"], allow_unsafe, loader=loader).model
+    names = keras_signature(model)
+    known = {spec.name for spec in names.inputs}
+    if known != set(signature):
+        raise RuntimeError(f"the model's inputs {sorted(known)} differ from the manifest's {sorted(signature)}")
+
+    def forward(feeds: dict[str, Any]) -> Any:
+        return names.named_outputs(model(names.call_args(feeds), training=False))
+
+    return TensorFlowRunner(tf.function(forward, input_signature=[signature], reduce_retracing=True), inputs, outputs, model)
+
+
+def _tf_name(name: str) -> str:
+    """A TensorSpec name TensorFlow accepts (dict keys may hold characters its op names may not)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.\-/]", "_", name) or "input"
 
 
 class TensorFlowBackend:
@@ -69,35 +110,16 @@ class TensorFlowBackend:
         return None
 
     def load(self, request: LoadRequest) -> TensorFlowRunner:
-        import tensorflow as tf
-
-        source = request.manifest["source"]
-        signature = [tf.TensorSpec([None if d < 0 else d for d in s.shape], _tf_dtype(s.datatype), name=s.name) for s in request.inputs]
-        if source["format"] == "savedmodel":
-            loaded = tf.saved_model.load(str(request.model_dir / source["savedmodel_dir"]))
-            serving = loaded.signatures["serving_default"]
-            names = [s.name for s in request.inputs]
-
-            def call(*tensors: Any) -> Any:
-                return serving(**dict(zip(names, tensors)))
-
-            return TensorFlowRunner(tf.function(call, input_signature=signature), request.inputs, request.outputs, loaded)
-        import keras
-
-        model = keras.models.load_model(request.model_dir / source["file"], compile=False,
-                                        safe_mode=not request.allow_unsafe_deserialization)
-
-        def forward(*tensors: Any) -> Any:
-            return model(list(tensors) if len(tensors) > 1 else tensors[0], training=False)
-
-        return TensorFlowRunner(tf.function(forward, input_signature=signature, reduce_retracing=True), request.inputs, request.outputs, model)
+        return load_tensorflow_runner(request.model_dir, request.manifest, request.inputs, request.outputs,
+                                      request.allow_unsafe_deserialization)
 
 
 def _tf_dtype(datatype: str) -> Any:
     import tensorflow as tf
 
     return {"FP32": tf.float32, "FP16": tf.float16, "FP64": tf.float64, "INT8": tf.int8, "INT16": tf.int16, "INT32": tf.int32,
-            "INT64": tf.int64, "UINT8": tf.uint8, "UINT16": tf.uint16, "BOOL": tf.bool}[datatype]
+            "INT64": tf.int64, "UINT8": tf.uint8, "UINT16": tf.uint16, "UINT32": tf.uint32, "UINT64": tf.uint64,
+            "BOOL": tf.bool, "BYTES": tf.string}[datatype]
 
 
 @hookimpl

@@ -15,44 +15,25 @@ from typing import Any
 import numpy as np
 
 from kvserve.plugins.hookspecs import hookimpl
+from kvserve.plugins.keras_loading import ANSI, V2_DATATYPES, keras_predictor, keras_signature, load_keras
 from kvserve.plugins.types import (
     ConversionFailed,
     ConversionOptions,
     ModelRejected,
     SourceModel,
     TensorSpec,
-    UnsafeModel,
 )
-
-UNSAFE_HINT = (
-    "it contains a Lambda layer, whose Python code would run on the server; start kvd with "
-    "--allow-unsafe-deserialization only if you trust this model"
-)
-
 
 def _v2_datatype(dtype: Any) -> str:
-    name = np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).name
-    table = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int8": "INT8", "int16": "INT16",
-             "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "uint16": "UINT16", "bool": "BOOL"}
-    if name not in table:
+    name = getattr(dtype, "name", None) or np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).name
+    name = {"object": "string"}.get(name, name)
+    if name not in V2_DATATYPES:
         raise ConversionFailed(f"tensor dtype {name} is not supported by the v2 protocol mapping")
-    return table[name]
+    return V2_DATATYPES[name]
 
 
 def _shape(shape: Any) -> tuple[int, ...]:
     return tuple(-1 if d is None else int(d) for d in shape)
-
-
-def _h5_has_lambda(path: Path) -> bool:
-    """Look for Lambda layers in a legacy .h5's stored config without deserializing anything."""
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        config = handle.attrs.get("model_config")
-    if config is None:
-        return False
-    text = config.decode() if isinstance(config, bytes) else str(config)
-    return '"class_name": "Lambda"' in text or "'class_name': 'Lambda'" in text
 
 
 class KerasOpenVINOConverter:
@@ -69,48 +50,61 @@ class KerasOpenVINOConverter:
 
         try:
             if model.details["kind"] == "savedmodel":
+                _string_ops_extension(model)
                 ov_model = ov.convert_model(str(model.handle))
+            elif model.details.get("strings"):
+                ov_model = self._convert_strings(model, out_dir)
             else:
                 shapes = [(list(s.shape), _numpy_dtype(s.datatype)) for s in model.inputs]
-                ov_model = ov.convert_model(model.handle, input=shapes)
+                if model.details.get("named_inputs"):  # dict inputs: by name (a list would be matched by position)
+                    ov_model = ov.convert_model(model.handle, input=dict(zip((s.name for s in model.inputs), shapes)))
+                else:
+                    ov_model = ov.convert_model(model.handle, input=shapes)
+        except ConversionFailed:
+            raise
         except Exception as error:  # noqa: BLE001 - OpenVINO raises its own types
             raise ConversionFailed(_conversion_message(error)) from None
         _name_ports(ov_model.inputs, model.inputs, "input")
+        if model.details.get("strings"):
+            _check_string_ports(ov_model)
         _name_ports(ov_model.outputs, model.outputs, "output")
         xml = out_dir / "model.xml"
         ov.save_model(ov_model, xml, compress_to_fp16=options.precision == "fp16")
         return xml
 
+    def _convert_strings(self, model: SourceModel, out_dir: Path) -> Any:
+        """String ops (TextVectorization, StringLookup) convert only from an exported SavedModel, with the
+        openvino-tokenizers extension; the export is removed once converted."""
+        import shutil
+
+        import openvino as ov
+
+        if any(spec.datatype == "BYTES" for spec in model.outputs):
+            raise ConversionFailed("the model answers strings, which kvserve serves with TF (OpenVINO's parity check "
+                                   "compares numbers only)")
+        _string_ops_extension(model)
+        export = out_dir / "string-export"
+        try:
+            model.handle.export(str(export), verbose=False)
+            return ov.convert_model(str(export))
+        finally:
+            shutil.rmtree(export, ignore_errors=True)
+
     # --- Keras models -------------------------------------------------------------------------------
     def _load_keras(self, source: Path, fmt: str, options: ConversionOptions) -> SourceModel:
-        import keras
-
-        if fmt == "keras-h5":
-            try:
-                if not options.allow_unsafe_deserialization and _h5_has_lambda(source):
-                    raise UnsafeModel(f"refused to load the model: {UNSAFE_HINT}")
-            except OSError as error:
-                raise ModelRejected(f"could not read the .h5 file ({error}); check that the upload is complete") from None
-        try:
-            model = keras.models.load_model(source, compile=False, safe_mode=not options.allow_unsafe_deserialization)
-        except ValueError as error:
-            if "Lambda" in str(error) or "unsafe" in str(error).lower():
-                raise UnsafeModel(f"refused to load the model: {UNSAFE_HINT}") from None
-            raise ModelRejected(f"could not load the Keras model: {error}") from None
-        except (TypeError, OSError, KeyError) as error:
-            kind = ".h5" if fmt == "keras-h5" else ".keras"
-            raise ModelRejected(f"could not load the {kind} model ({type(error).__name__}: {error}); check that the file is a complete Keras model and that custom layers are registered") from None
-        inputs = [TensorSpec(t.name, _v2_datatype(t.dtype), _shape(t.shape)) for t in model.inputs]
-        output_names = list(getattr(model, "output_names", None) or [t._keras_history.operation.name for t in model.outputs])  # noqa: SLF001
-        outputs = [TensorSpec(n, _v2_datatype(t.dtype), _shape(t.shape)) for n, t in zip(output_names, model.outputs)]
-
-        def reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            result = model([feeds[s.name] for s in inputs] if len(inputs) > 1 else feeds[inputs[0].name], training=False)
-            result = result if isinstance(result, (list, tuple)) else [result]
-            return {spec.name: np.asarray(value) for spec, value in zip(outputs, result)}
-
-        return SourceModel(inputs, outputs, reference, model, {"kind": "keras", "keras_class": type(model).__name__, "model_name": model.name,
-                                                          "layers": len(model.layers), "input_hints": _input_hints(model, inputs)})
+        loaded = load_keras(source, fmt, options.allow_unsafe_deserialization)
+        model = loaded.model
+        signature = keras_signature(model)
+        details = {"kind": "keras", "loader": loaded.loader, "keras_class": type(model).__name__, "model_name": model.name,
+                   "layers": len(model.layers), "input_hints": _input_hints(model, signature.inputs)}
+        compute = _compute_dtype(model)
+        if compute != "float32":  # e.g. mixed_float16: the reference itself is only float16-exact
+            details["compute_dtype"] = compute
+        if isinstance(signature.input_struct, dict):
+            details["named_inputs"] = True
+        if any(spec.datatype == "BYTES" for spec in signature.inputs + signature.outputs):
+            details["strings"] = True
+        return SourceModel(signature.inputs, signature.outputs, keras_predictor(model, signature), model, details)
 
     # --- SavedModel ---------------------------------------------------------------------------------
     def _load_savedmodel(self, source: Path) -> SourceModel:
@@ -187,13 +181,42 @@ def _name_ports(ports: list[Any], specs: list[TensorSpec], kind: str) -> None:
         port.get_tensor().set_names({spec.name})
 
 
+def _compute_dtype(model: Any) -> str:
+    """The narrowest compute dtype of the model's layers (float16/bfloat16 under a mixed precision policy)."""
+    found = {str(getattr(layer, "compute_dtype", "float32") or "float32") for layer in getattr(model, "layers", [])}
+    for narrow in ("float16", "bfloat16"):
+        if narrow in found:
+            return narrow
+    return "float32"
+
+
+def _string_ops_extension(model: SourceModel) -> None:
+    """Teach OpenVINO TF's string ops (openvino-tokenizers registers them on import), or say it cannot."""
+    if not model.details.get("strings") and not any(s.datatype == "BYTES" for s in model.inputs):
+        return
+    try:
+        import openvino_tokenizers  # noqa: F401 - the import registers the extension
+    except ImportError:
+        raise ConversionFailed("string inputs need openvino-tokenizers to convert (pip install 'kvserve[server]')") from None
+
+
+def _check_string_ports(ov_model: Any) -> None:
+    for port in ov_model.outputs:
+        if port.get_element_type().get_type_name() == "string":
+            raise ConversionFailed(f"output '{port.get_any_name()}' is a string tensor, which kvserve serves with TF")
+
+
 def _numpy_dtype(datatype: str) -> Any:
+    if datatype == "BYTES":
+        import openvino as ov
+
+        return ov.Type.string
     return {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
             "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "BOOL": np.bool_}[datatype]
 
 
 def _conversion_message(error: Exception) -> str:
-    text = str(error).strip()
+    text = ANSI.sub("", str(error)).strip()
     lines = [line.strip(" -") for line in text.splitlines() if line.strip()]
     # OpenVINO lists the offending operations ("No conversion rule found for operations: Lgamma"); keep those
     # lines and drop its source locations and generic advice.

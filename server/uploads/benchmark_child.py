@@ -101,7 +101,9 @@ class Bench:
     def keras(self) -> None:
         _, model = self.source()
         keras_model = model.handle
-        x = [self.feeds[s.name] for s in self.inputs] if len(self.inputs) > 1 else self.feeds[self.inputs[0].name]
+        from kvserve.plugins.keras_loading import keras_signature
+
+        x = keras_signature(keras_model).call_args(self.feeds)  # by name: dict inputs get a dict
         self.progress(f"keras predict: {self.warmup} warm-up + {self.iterations} timed iterations")
         spent = timings(lambda: keras_model.predict(x, verbose=0), self.iterations, self.warmup)
         self.add("keras", "fp32", spent, self.batch / float(np.mean(spent)), 1, "f32", "keras Model.predict, one call at a time")

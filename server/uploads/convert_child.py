@@ -32,12 +32,12 @@ def _ir_predictor(xml: Path, precision: str, required: str | None = None) -> tup
     """The IR compiled on the CPU as kvd will serve it, and the precision it really executes in."""
     import openvino as ov
 
-    from kvserve.plugins.backends.openvino_devices import executed_precision, execution_config
+    from kvserve.plugins.backends.openvino_devices import executed_precision, execution_config, openvino_inputs
 
     compiled = ov.Core().compile_model(str(xml), "CPU", execution_config(precision, required))
 
     def predict(feeds: dict[str, Any]) -> dict[str, Any]:
-        result = compiled(feeds)
+        result = compiled(openvino_inputs(feeds))
         return {port.get_any_name(): value for port, value in result.items()}
 
     return predict, executed_precision(compiled)

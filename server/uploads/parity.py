@@ -47,7 +47,11 @@ def seeded_inputs(specs: list[TensorSpec], batch: int, seed: int = 0) -> dict[st
     for spec in specs:
         shape = [batch if i == 0 and d < 0 else (16 if d < 0 else d) for i, d in enumerate(spec.shape)]
         dtype = DATATYPES[spec.datatype]
-        if np.issubdtype(dtype, np.floating):
+        if spec.datatype == "BYTES":  # strings: short sentences of common words
+            words = np.array(["the", "a", "model", "fast", "answer", "keras", "good", "not", "very", "hello", "world"])
+            feeds[spec.name] = np.array([" ".join(rng.choice(words, size=int(rng.integers(1, 6)))).encode()
+                                         for _ in range(int(np.prod(shape)))], dtype=object).reshape(shape)
+        elif np.issubdtype(dtype, np.floating):
             feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(dtype)
         elif dtype.kind == "b":
             feeds[spec.name] = rng.random(shape) > 0.5
