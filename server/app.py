@@ -22,6 +22,7 @@ from kvserve.server.dataplane import DataPlane
 from kvserve.server.api.grpc.infer_codec import InferCodecInterceptor
 from kvserve.server.api.grpc.inference import InferenceServicer
 from kvserve.server.api.grpc.interceptors import ErrorInterceptor
+from kvserve.server.api.grpc.lenient import LenientDecodeInterceptor
 from kvserve.server.api.grpc.kvserve import KvServeServicer
 from kvserve.server.ops.lifecycle import DrainInterceptor, Lifecycle
 from kvserve.server.ops.limits import InferGate
@@ -69,7 +70,7 @@ def _interceptors(settings: Settings, manager: ModelManager, lifecycle: Lifecycl
     chain: list[grpc.ServerInterceptor] = [CallObserver(manager.has)]
     if settings.auth_token_file is not None:
         chain.append(AuthInterceptor(load_tokens(settings.auth_token_file)))
-    return [*chain, DrainInterceptor(lifecycle), ErrorInterceptor(), InferCodecInterceptor()]
+    return [*chain, DrainInterceptor(lifecycle), ErrorInterceptor(), LenientDecodeInterceptor(), InferCodecInterceptor()]
 
 
 def build(settings: Settings) -> Daemon:

@@ -76,6 +76,13 @@ def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--upload-queue-seconds", type=float, default=10.0, help="how long an upload waits for a slot before RESOURCE_EXHAUSTED")
     group.add_argument("--max-queue", type=int, default=32, help="requests per model waiting for an infer slot before RESOURCE_EXHAUSTED")
     group.add_argument("--max-concurrent-rpcs", type=int, default=256, help="calls admitted at once; more get RESOURCE_EXHAUSTED")
+    group.add_argument("--min-free-mb", type=int, default=256,
+                       help="refuse uploads while the repository's file system has less free space than this (0: no floor)")
+    group.add_argument("--max-unpacked-mb", type=int, default=16384,
+                       help="largest size a SavedModel archive may unpack to (also at most --archive-ratio times its own size)")
+    group.add_argument("--archive-ratio", type=int, default=20, help="largest unpacked/packed size ratio of an uploaded archive")
+    group.add_argument("--child-memory-mb", type=int, default=0,
+                       help="address-space limit of converter and worker child processes, in MiB (0: none)")
     group.add_argument("--log-format", choices=FORMATS, default=env("KVSERVE_LOG_FORMAT", "text"), help="text lines or JSON lines")
 
 
@@ -86,6 +93,8 @@ def operations_settings(args: argparse.Namespace) -> dict[str, object]:
         "auth_token_file": Path(args.auth_token_file) if args.auth_token_file else None, "insecure": args.insecure,
         "max_uploads": args.max_uploads, "upload_queue_s": args.upload_queue_seconds, "max_queue": args.max_queue,
         "max_concurrent_rpcs": args.max_concurrent_rpcs, "log_format": args.log_format,
+        "min_free_bytes": args.min_free_mb * 1024 * 1024, "archive_max_bytes": args.max_unpacked_mb * 1024 * 1024,
+        "archive_ratio": args.archive_ratio, "child_memory_bytes": args.child_memory_mb * 1024 * 1024,
     }
 
 

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from kvserve.server.ops import faults
+from kvserve.server.ops import disk, faults
 from kvserve.server.errors import InvalidArgument, NotFound
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -66,10 +66,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON durably: temp file, fsync, rename."""
+    """Write JSON durably: temp file, fsync, rename (a full disk leaves the old file and says so)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        with open(tmp, "w") as handle:
+        with disk.guarded(path.parent), open(tmp, "w") as handle:
+            disk.inject("manifest")
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.write("\n")
             handle.flush()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from kvserve.server.ops import disk
 from kvserve.server.errors import FailedPrecondition, Internal, InvalidArgument, KvError, NotFound, ResourceExhausted
 from kvserve.server.ops.limits import Abandon
 
@@ -252,7 +253,9 @@ def child_main(run: Callable[[dict[str, Any], TextIO], dict[str, Any]],
         emit(channel, {"ok": False, "kind": "resource_exhausted", "message": f"the {worker} ran out of memory"})
     except Exception as error:  # noqa: BLE001 - reported to the parent, traceback to stderr (the job's log)
         kind = next((k for t, k in errors if isinstance(error, t)), None)
-        if kind is not None:
+        if disk.is_disk_full(error):
+            emit(channel, {"ok": False, "kind": "resource_exhausted", "message": str(disk.disk_full(Path(job.get("out_dir") or job_path).parent))})
+        elif kind is not None:
             emit(channel, {"ok": False, "kind": kind, "message": str(error)})
         else:
             traceback.print_exc()

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 
 from kvserve.proto.images import Preprocess
 from kvserve.server.uploads import formats
-from kvserve.server.ops import metrics
+from kvserve.server.ops import disk, metrics
 from kvserve.server.uploads.conversion import converter_launcher, run_conversion
 from kvserve.server.errors import FailedPrecondition, InvalidArgument, KvError, ResourceExhausted, Unavailable
 from kvserve.server.models.labels import check_count, parse_labels
@@ -151,9 +151,10 @@ class UploadPipeline:
         abandon = Abandon() if abandon is None else abandon
         stage, outcome = "receiving", "ok"
         started = time.perf_counter()
+        disk.check_floor(self.repository.root, self.settings.min_free_bytes, spec.size)
         with self.slots.slot(), self._tracked(abandon):
             try:
-                for event in self._run(spec, chunks, abandon):
+                for event in disk.guarded_events(self._run(spec, chunks, abandon), self.repository.root):
                     stage = event["stage"].lower()
                     yield event
             except KvError as error:
@@ -180,7 +181,9 @@ class UploadPipeline:
             yield {"stage": "RECEIVED", "bytes_received": size, "bytes_total": size, "message": f"{size} bytes, {fmt}"}
             model_source = source
             if fmt == formats.SAVEDMODEL:
-                model_source = formats.extract_savedmodel(source, staging / "savedmodel", self.settings.max_upload_bytes * 4)
+                limit = formats.unpack_limit(size, self.settings.archive_ratio, self.settings.archive_max_bytes)
+                disk.check_floor(staging, self.settings.min_free_bytes, limit)
+                model_source = formats.extract_savedmodel(source, staging / "savedmodel", limit)
             job = {"source": str(model_source), "format": fmt, "out_dir": str(staging), "precision": spec.precision,
                    "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": "TF" in spec.devices,
                    "tolerance": spec.parity_tolerance or None, "preprocess": spec.preprocess,
@@ -243,6 +246,7 @@ class UploadPipeline:
             for chunk in chunks:
                 abandon.check()
                 size += len(chunk)
+                disk.inject("upload")
                 if size > self.settings.max_upload_bytes:
                     raise ResourceExhausted(f"upload exceeds kvd's limit of {self.settings.max_upload_bytes} bytes (--max-upload-mb)")
                 digest.update(chunk)
