@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kvserve.server.ops import disk, faults
+from kvserve.proto.echo import short
 from kvserve.server.errors import InvalidArgument, NotFound
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -39,9 +40,12 @@ def is_version(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+MAX_VERSION_DIGITS = 18  # fits int64 (the v2 protocol's version numbers), far below Python's 4300-digit int limit
+
+
 def parse_version(version: str) -> int:
-    if not is_version(version) or int(version) < 1:
-        raise InvalidArgument(f"invalid version {version!r}: versions are positive integers (1, 2, ...)")
+    if len(version) > MAX_VERSION_DIGITS or not is_version(version) or int(version) < 1:
+        raise InvalidArgument(f"invalid version {short(version)!r}: versions are positive integers (1, 2, ...)")
     return int(version)
 
 

@@ -92,7 +92,7 @@ class UploadPipeline:
         self.repository = repository
         self.manager = manager
         self.settings = settings
-        self.launcher = converter_launcher(settings.warm_converter, label=str(repository.root))
+        self.launcher = converter_launcher(settings.warm_converter, label=str(repository.root), memory_bytes=settings.child_memory_bytes)
         self.slots = UploadSlots(settings.max_uploads, settings.upload_queue_s)
         self._active: set[Abandon] = set()
         self._finished = threading.Condition()
