@@ -128,33 +128,19 @@ def test_huge_names_and_versions_are_bounded(kvd):
     assert "forged" not in "".join(line for line in kvd.log().splitlines() if not line.startswith("20"))  # no forged lines
 
 
-DATATYPES = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "BF16", "", "fp32", "X" * 300]
-HUGE_DIMS = [0, 1, 8, 2**31, 2**31 - 1, 2**63 - 1, 2**40, 3]
+def _hostile_soak():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "hostile_soak.py"
+    spec = importlib.util.spec_from_file_location("kvserve_hostile_soak", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def hostile_infer(rng: random.Random, image_input: str) -> pb.ModelInferRequest:
-    """One generated hostile ModelInfer: odd names, versions, datatypes, shapes, contents and parameters."""
-    request = pb.ModelInferRequest(model_name=rng.choice(["digits", "", "nope", "d" * rng.randint(1, 3000), "digits\r\n"]),
-                                   model_version=rng.choice(["", "1", "0", "-1", "9" * rng.randint(1, 5000), "x", "1.5"]))
-    for _ in range(rng.choice([0, 1, 1, 1, 2, 40])):
-        datatype = rng.choice(DATATYPES)
-        shape = [rng.choice(HUGE_DIMS) if rng.random() < 0.3 else rng.randint(0, 9) for _ in range(rng.choice([0, 1, 2, 4, 4, 70]))]
-        tensor = request.inputs.add(name=rng.choice([image_input, image_input, "x", "", "\u2028" * 50]), datatype=datatype, shape=shape)
-        choice = rng.random()
-        if choice < 0.4:
-            request.raw_input_contents.append(rng.randbytes(rng.choice([0, 1, 4, 255, 256, 4096])))
-        elif choice < 0.6:
-            tensor.contents.fp32_contents.extend([rng.random() for _ in range(rng.randint(0, 70))])
-        elif choice < 0.8:
-            tensor.contents.bytes_contents.extend([rng.choice([b"", b"\0", png(1, 1), png(13000, 13000)[:rng.randint(0, 200)], rng.randbytes(20)])
-                                                   for _ in range(rng.randint(0, 3))])
-        else:
-            tensor.contents.int64_contents.extend([rng.choice([0, -1, 2**63 - 1]) for _ in range(rng.randint(0, 5))])
-    if rng.random() < 0.2:
-        request.outputs.add(name=rng.choice(["probabilities", "", "zz" * 500])).parameters["classification"].int64_param = rng.choice([0, -1, 2**62, 3])
-    if rng.random() < 0.1:
-        request.raw_input_contents.append(b"extra")
-    return request
+HOSTILE = _hostile_soak()
+hostile_infer = HOSTILE.hostile_infer  # the generator the soak uses too
 
 
 def test_generated_fuzz_gets_only_documented_statuses(kvd):
@@ -204,3 +190,12 @@ def test_children_get_a_memory_limit_and_a_raised_oom_score():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "KVSERVE_CHILD_MEMORY_BYTES": str(1 << 30)})
     assert out.stdout.split() == ["500", "MemoryError"], out.stderr
+
+
+def test_short_hostile_soak(digits, served_digits, tmp_path):
+    """12 s of good and hostile traffic together (bench/hostile_soak.py runs it for 60 s)."""
+    copy_model(served_digits.repository, "digits", tmp_path / "repo", as_name="steady")
+    figures = HOSTILE.run(seconds=12, model=digits.paths["h5"], workdir=tmp_path, steady_ready=True)
+    assert not figures["unexpected_errors"], figures
+    assert figures.get("good_infers", 0) >= 1 and figures.get("fuzzed", 0) >= 1 and figures.get("bombs", 0) >= 1, figures
+    assert figures["kvd_exit_code"] == 0 and figures["passed"], figures
