@@ -16,6 +16,7 @@ import click
 import grpc
 
 from kvserve.client.client import Client, UploadProgress, default_server
+from kvserve.client import lifecycle_cli
 import numpy as np
 
 from kvserve.client.inputs import InputError, NamedBatch, expand, load_input
@@ -368,6 +369,9 @@ def plugins(state: State, as_json: bool) -> None:
 from kvserve.client.benchmark_cli import benchmark  # noqa: E402 - its own module; registered here
 
 cli.add_command(benchmark)
+
+
+lifecycle_cli.register(cli, State, print_json, _console)
 
 
 def _run(entry: Callable[..., Any]) -> int:

@@ -9,6 +9,7 @@ from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
+from kvserve.proto import _pool
 _runtime_version.ValidateProtobufRuntimeVersion(
     _runtime_version.Domain.PUBLIC,
     7,
@@ -24,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#kvserve/proto/kvserve_service.proto\x12\nkvserve.v1\"\xae\x03\n\x0cUploadHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x05 \x03(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x36\n\x07options\x18\x07 \x03(\x0b\x32%.kvserve.v1.UploadHeader.OptionsEntry\x12\x13\n\x0bsamples_npy\x18\x08 \x01(\x0c\x12\x15\n\rsample_images\x18\t \x03(\x0c\x12\x18\n\x10parity_tolerance\x18\n \x01(\x01\x12\x30\n\rpreprocessing\x18\x0b \x01(\x0b\x32\x19.kvserve.v1.Preprocessing\x12\x0e\n\x06labels\x18\x0c \x01(\x0c\x12\x17\n\x0flabels_filename\x18\r \x01(\t\x12\x17\n\x0f\x63\x61libration_npy\x18\x0e \x01(\x0c\x12\x1a\n\x12\x63\x61libration_images\x18\x0f \x03(\x0c\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\rPreprocessing\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0e\n\x06resize\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65nter_crop\x18\x03 \x01(\x08\"\xa2\x01\n\x10\x43onfigureRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x30\n\rpreprocessing\x18\x03 \x01(\x0b\x32\x19.kvserve.v1.Preprocessing\x12\x0e\n\x06labels\x18\x04 \x01(\x0c\x12\x17\n\x0flabels_filename\x18\x05 \x01(\t\x12\x14\n\x0c\x63lear_labels\x18\x06 \x01(\x08\"T\n\rUploadRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.kvserve.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xb4\x02\n\x0bUploadEvent\x12,\n\x05stage\x18\x01 \x01(\x0e\x32\x1d.kvserve.v1.UploadEvent.Stage\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x15\n\rmanifest_json\x18\x07 \x01(\t\"\x82\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\r\n\tRECEIVING\x10\x01\x12\x0c\n\x08RECEIVED\x10\x02\x12\x0e\n\nCONVERTING\x10\x03\x12\r\n\tVERIFYING\x10\x04\x12\x0b\n\x07LOADING\x10\x05\x12\t\n\x05READY\x10\x06\x12\x0e\n\nQUANTIZING\x10\x07\".\n\rDeleteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\"\n\x0e\x44\x65leteResponse\x12\x10\n\x08versions\x18\x01 \x03(\t\"0\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x89\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x15\n\rmanifest_json\x18\x06 \x01(\t\x12\x10\n\x08versions\x18\x07 \x03(\t\"\x10\n\x0e\x44\x65vicesRequest\"\xdb\x01\n\x06\x44\x65vice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tfull_name\x18\x04 \x01(\t\x12\x0e\n\x06plugin\x18\x05 \x01(\t\x12\x12\n\nprecisions\x18\x06 \x03(\t\x12\x36\n\nproperties\x18\x07 \x03(\x0b\x32\".kvserve.v1.Device.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x0f\x44\x65vicesResponse\x12#\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x12.kvserve.v1.Device\"\x10\n\x0ePluginsRequest\"V\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05hooks\x18\x03 \x03(\t\x12\x0f\n\x07\x62uiltin\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"6\n\x0fPluginsResponse\x12#\n\x07plugins\x18\x01 \x03(\x0b\x32\x12.kvserve.v1.Plugin\"\xac\x01\n\x10\x42\x65nchmarkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\niterations\x18\x03 \x01(\x05\x12\x0e\n\x06warmup\x18\x04 \x01(\x05\x12\x10\n\x08\x62\x61\x63kends\x18\x05 \x03(\t\x12\x12\n\nprecisions\x18\x06 \x03(\t\x12\x12\n\nsample_npy\x18\x07 \x01(\x0c\x12\r\n\x05\x62\x61tch\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x04\"\x96\x02\n\x0f\x42\x65nchmarkResult\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\x12\x12\n\niterations\x18\x03 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x04 \x01(\x05\x12\r\n\x05\x61vg_s\x18\x05 \x01(\x01\x12\r\n\x05p50_s\x18\x06 \x01(\x01\x12\r\n\x05p90_s\x18\x07 \x01(\x01\x12\r\n\x05p99_s\x18\x08 \x01(\x01\x12\r\n\x05min_s\x18\t \x01(\x01\x12\r\n\x05max_s\x18\n \x01(\x01\x12\x0b\n\x03\x66ps\x18\x0b \x01(\x01\x12\x10\n\x08requests\x18\x0c \x01(\x05\x12\x18\n\x10speedup_vs_keras\x18\r \x01(\x01\x12\x1b\n\x13\x65xecution_precision\x18\x0e \x01(\t\x12\x0c\n\x04note\x18\x0f \x01(\t\"\xad\x02\n\x0e\x42\x65nchmarkEvent\x12/\n\x05stage\x18\x01 \x01(\x0e\x32 .kvserve.v1.BenchmarkEvent.Stage\x12\x0f\n\x07message\x18\x02 \x01(\t\x12+\n\x06result\x18\x03 \x01(\x0b\x32\x1b.kvserve.v1.BenchmarkResult\x12,\n\x07results\x18\x04 \x03(\x0b\x32\x1b.kvserve.v1.BenchmarkResult\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\r\n\x05input\x18\x07 \x01(\t\"P\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\r\n\tPREPARING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\n\n\x06RESULT\x10\x03\x12\x08\n\x04\x44ONE\x10\x04\x32\xfb\x03\n\x07KvServe\x12\x42\n\x06Upload\x12\x19.kvserve.v1.UploadRequest\x1a\x17.kvserve.v1.UploadEvent\"\x00(\x01\x30\x01\x12\x41\n\x06\x44\x65lete\x12\x19.kvserve.v1.DeleteRequest\x1a\x1a.kvserve.v1.DeleteResponse\"\x00\x12G\n\x08\x44\x65scribe\x12\x1b.kvserve.v1.DescribeRequest\x1a\x1c.kvserve.v1.DescribeResponse\"\x00\x12I\n\tConfigure\x12\x1c.kvserve.v1.ConfigureRequest\x1a\x1c.kvserve.v1.DescribeResponse\"\x00\x12\x44\n\x07\x44\x65vices\x12\x1a.kvserve.v1.DevicesRequest\x1a\x1b.kvserve.v1.DevicesResponse\"\x00\x12\x44\n\x07Plugins\x12\x1a.kvserve.v1.PluginsRequest\x1a\x1b.kvserve.v1.PluginsResponse\"\x00\x12I\n\tBenchmark\x12\x1c.kvserve.v1.BenchmarkRequest\x1a\x1a.kvserve.v1.BenchmarkEvent\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _pool.POOL.AddSerializedFile(b'\n#kvserve/proto/kvserve_service.proto\x12\nkvserve.v1\"\x86\x01\n\nPinRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12-\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x1d.kvserve.v1.PinRequest.Action\"*\n\x06\x41\x63tion\x12\x07\n\x03PIN\x10\x00\x12\t\n\x05UNPIN\x10\x01\x12\x0c\n\x08ROLLBACK\x10\x02\"M\n\x0bPinResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07serving\x18\x02 \x01(\t\x12\x0e\n\x06pinned\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x12\n\x10GetConfigRequest\"(\n\x11GetConfigResponse\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\"\xae\x03\n\x0cUploadHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x65vices\x18\x05 \x03(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x36\n\x07options\x18\x07 \x03(\x0b\x32%.kvserve.v1.UploadHeader.OptionsEntry\x12\x13\n\x0bsamples_npy\x18\x08 \x01(\x0c\x12\x15\n\rsample_images\x18\t \x03(\x0c\x12\x18\n\x10parity_tolerance\x18\n \x01(\x01\x12\x30\n\rpreprocessing\x18\x0b \x01(\x0b\x32\x19.kvserve.v1.Preprocessing\x12\x0e\n\x06labels\x18\x0c \x01(\x0c\x12\x17\n\x0flabels_filename\x18\r \x01(\t\x12\x17\n\x0f\x63\x61libration_npy\x18\x0e \x01(\x0c\x12\x1a\n\x12\x63\x61libration_images\x18\x0f \x03(\x0c\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\rPreprocessing\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0e\n\x06resize\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x65nter_crop\x18\x03 \x01(\x08\"\xa2\x01\n\x10\x43onfigureRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x30\n\rpreprocessing\x18\x03 \x01(\x0b\x32\x19.kvserve.v1.Preprocessing\x12\x0e\n\x06labels\x18\x04 \x01(\x0c\x12\x17\n\x0flabels_filename\x18\x05 \x01(\t\x12\x14\n\x0c\x63lear_labels\x18\x06 \x01(\x08\"T\n\rUploadRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.kvserve.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xb4\x02\n\x0bUploadEvent\x12,\n\x05stage\x18\x01 \x01(\x0e\x32\x1d.kvserve.v1.UploadEvent.Stage\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x15\n\rmanifest_json\x18\x07 \x01(\t\"\x82\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\r\n\tRECEIVING\x10\x01\x12\x0c\n\x08RECEIVED\x10\x02\x12\x0e\n\nCONVERTING\x10\x03\x12\r\n\tVERIFYING\x10\x04\x12\x0b\n\x07LOADING\x10\x05\x12\t\n\x05READY\x10\x06\x12\x0e\n\nQUANTIZING\x10\x07\".\n\rDeleteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\"\n\x0e\x44\x65leteResponse\x12\x10\n\x08versions\x18\x01 \x03(\t\"0\n\x0f\x44\x65scribeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x89\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x15\n\rmanifest_json\x18\x06 \x01(\t\x12\x10\n\x08versions\x18\x07 \x03(\t\"\x10\n\x0e\x44\x65vicesRequest\"\xdb\x01\n\x06\x44\x65vice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tfull_name\x18\x04 \x01(\t\x12\x0e\n\x06plugin\x18\x05 \x01(\t\x12\x12\n\nprecisions\x18\x06 \x03(\t\x12\x36\n\nproperties\x18\x07 \x03(\x0b\x32\".kvserve.v1.Device.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x0f\x44\x65vicesResponse\x12#\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x12.kvserve.v1.Device\"\x10\n\x0ePluginsRequest\"V\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05hooks\x18\x03 \x03(\t\x12\x0f\n\x07\x62uiltin\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"6\n\x0fPluginsResponse\x12#\n\x07plugins\x18\x01 \x03(\x0b\x32\x12.kvserve.v1.Plugin\"\xac\x01\n\x10\x42\x65nchmarkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\niterations\x18\x03 \x01(\x05\x12\x0e\n\x06warmup\x18\x04 \x01(\x05\x12\x10\n\x08\x62\x61\x63kends\x18\x05 \x03(\t\x12\x12\n\nprecisions\x18\x06 \x03(\t\x12\x12\n\nsample_npy\x18\x07 \x01(\x0c\x12\r\n\x05\x62\x61tch\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x04\"\x96\x02\n\x0f\x42\x65nchmarkResult\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\x12\x12\n\niterations\x18\x03 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x04 \x01(\x05\x12\r\n\x05\x61vg_s\x18\x05 \x01(\x01\x12\r\n\x05p50_s\x18\x06 \x01(\x01\x12\r\n\x05p90_s\x18\x07 \x01(\x01\x12\r\n\x05p99_s\x18\x08 \x01(\x01\x12\r\n\x05min_s\x18\t \x01(\x01\x12\r\n\x05max_s\x18\n \x01(\x01\x12\x0b\n\x03\x66ps\x18\x0b \x01(\x01\x12\x10\n\x08requests\x18\x0c \x01(\x05\x12\x18\n\x10speedup_vs_keras\x18\r \x01(\x01\x12\x1b\n\x13\x65xecution_precision\x18\x0e \x01(\t\x12\x0c\n\x04note\x18\x0f \x01(\t\"\xad\x02\n\x0e\x42\x65nchmarkEvent\x12/\n\x05stage\x18\x01 \x01(\x0e\x32 .kvserve.v1.BenchmarkEvent.Stage\x12\x0f\n\x07message\x18\x02 \x01(\t\x12+\n\x06result\x18\x03 \x01(\x0b\x32\x1b.kvserve.v1.BenchmarkResult\x12,\n\x07results\x18\x04 \x03(\x0b\x32\x1b.kvserve.v1.BenchmarkResult\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\r\n\x05input\x18\x07 \x01(\t\"P\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\r\n\tPREPARING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\n\n\x06RESULT\x10\x03\x12\x08\n\x04\x44ONE\x10\x04\x32\x81\x05\n\x07KvServe\x12\x42\n\x06Upload\x12\x19.kvserve.v1.UploadRequest\x1a\x17.kvserve.v1.UploadEvent\"\x00(\x01\x30\x01\x12\x41\n\x06\x44\x65lete\x12\x19.kvserve.v1.DeleteRequest\x1a\x1a.kvserve.v1.DeleteResponse\"\x00\x12G\n\x08\x44\x65scribe\x12\x1b.kvserve.v1.DescribeRequest\x1a\x1c.kvserve.v1.DescribeResponse\"\x00\x12I\n\tConfigure\x12\x1c.kvserve.v1.ConfigureRequest\x1a\x1c.kvserve.v1.DescribeResponse\"\x00\x12\x44\n\x07\x44\x65vices\x12\x1a.kvserve.v1.DevicesRequest\x1a\x1b.kvserve.v1.DevicesResponse\"\x00\x12\x44\n\x07Plugins\x12\x1a.kvserve.v1.PluginsRequest\x1a\x1b.kvserve.v1.PluginsResponse\"\x00\x12I\n\tBenchmark\x12\x1c.kvserve.v1.BenchmarkRequest\x1a\x1a.kvserve.v1.BenchmarkEvent\"\x00\x30\x01\x12\x38\n\x03Pin\x12\x16.kvserve.v1.PinRequest\x1a\x17.kvserve.v1.PinResponse\"\x00\x12J\n\tGetConfig\x12\x1c.kvserve.v1.GetConfigRequest\x1a\x1d.kvserve.v1.GetConfigResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,50 +36,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPLOADHEADER_OPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_DEVICE_PROPERTIESENTRY']._loaded_options = None
   _globals['_DEVICE_PROPERTIESENTRY']._serialized_options = b'8\001'
-  _globals['_UPLOADHEADER']._serialized_start=52
-  _globals['_UPLOADHEADER']._serialized_end=482
-  _globals['_UPLOADHEADER_OPTIONSENTRY']._serialized_start=436
-  _globals['_UPLOADHEADER_OPTIONSENTRY']._serialized_end=482
-  _globals['_PREPROCESSING']._serialized_start=484
-  _globals['_PREPROCESSING']._serialized_end=550
-  _globals['_CONFIGUREREQUEST']._serialized_start=553
-  _globals['_CONFIGUREREQUEST']._serialized_end=715
-  _globals['_UPLOADREQUEST']._serialized_start=717
-  _globals['_UPLOADREQUEST']._serialized_end=801
-  _globals['_UPLOADEVENT']._serialized_start=804
-  _globals['_UPLOADEVENT']._serialized_end=1112
-  _globals['_UPLOADEVENT_STAGE']._serialized_start=982
-  _globals['_UPLOADEVENT_STAGE']._serialized_end=1112
-  _globals['_DELETEREQUEST']._serialized_start=1114
-  _globals['_DELETEREQUEST']._serialized_end=1160
-  _globals['_DELETERESPONSE']._serialized_start=1162
-  _globals['_DELETERESPONSE']._serialized_end=1196
-  _globals['_DESCRIBEREQUEST']._serialized_start=1198
-  _globals['_DESCRIBEREQUEST']._serialized_end=1246
-  _globals['_DESCRIBERESPONSE']._serialized_start=1249
-  _globals['_DESCRIBERESPONSE']._serialized_end=1386
-  _globals['_DEVICESREQUEST']._serialized_start=1388
-  _globals['_DEVICESREQUEST']._serialized_end=1404
-  _globals['_DEVICE']._serialized_start=1407
-  _globals['_DEVICE']._serialized_end=1626
-  _globals['_DEVICE_PROPERTIESENTRY']._serialized_start=1577
-  _globals['_DEVICE_PROPERTIESENTRY']._serialized_end=1626
-  _globals['_DEVICESRESPONSE']._serialized_start=1628
-  _globals['_DEVICESRESPONSE']._serialized_end=1682
-  _globals['_PLUGINSREQUEST']._serialized_start=1684
-  _globals['_PLUGINSREQUEST']._serialized_end=1700
-  _globals['_PLUGIN']._serialized_start=1702
-  _globals['_PLUGIN']._serialized_end=1788
-  _globals['_PLUGINSRESPONSE']._serialized_start=1790
-  _globals['_PLUGINSRESPONSE']._serialized_end=1844
-  _globals['_BENCHMARKREQUEST']._serialized_start=1847
-  _globals['_BENCHMARKREQUEST']._serialized_end=2019
-  _globals['_BENCHMARKRESULT']._serialized_start=2022
-  _globals['_BENCHMARKRESULT']._serialized_end=2300
-  _globals['_BENCHMARKEVENT']._serialized_start=2303
-  _globals['_BENCHMARKEVENT']._serialized_end=2604
-  _globals['_BENCHMARKEVENT_STAGE']._serialized_start=2524
-  _globals['_BENCHMARKEVENT_STAGE']._serialized_end=2604
-  _globals['_KVSERVE']._serialized_start=2607
-  _globals['_KVSERVE']._serialized_end=3114
+  _globals['_PINREQUEST']._serialized_start=52
+  _globals['_PINREQUEST']._serialized_end=186
+  _globals['_PINREQUEST_ACTION']._serialized_start=144
+  _globals['_PINREQUEST_ACTION']._serialized_end=186
+  _globals['_PINRESPONSE']._serialized_start=188
+  _globals['_PINRESPONSE']._serialized_end=265
+  _globals['_GETCONFIGREQUEST']._serialized_start=267
+  _globals['_GETCONFIGREQUEST']._serialized_end=285
+  _globals['_GETCONFIGRESPONSE']._serialized_start=287
+  _globals['_GETCONFIGRESPONSE']._serialized_end=327
+  _globals['_UPLOADHEADER']._serialized_start=330
+  _globals['_UPLOADHEADER']._serialized_end=760
+  _globals['_UPLOADHEADER_OPTIONSENTRY']._serialized_start=714
+  _globals['_UPLOADHEADER_OPTIONSENTRY']._serialized_end=760
+  _globals['_PREPROCESSING']._serialized_start=762
+  _globals['_PREPROCESSING']._serialized_end=828
+  _globals['_CONFIGUREREQUEST']._serialized_start=831
+  _globals['_CONFIGUREREQUEST']._serialized_end=993
+  _globals['_UPLOADREQUEST']._serialized_start=995
+  _globals['_UPLOADREQUEST']._serialized_end=1079
+  _globals['_UPLOADEVENT']._serialized_start=1082
+  _globals['_UPLOADEVENT']._serialized_end=1390
+  _globals['_UPLOADEVENT_STAGE']._serialized_start=1260
+  _globals['_UPLOADEVENT_STAGE']._serialized_end=1390
+  _globals['_DELETEREQUEST']._serialized_start=1392
+  _globals['_DELETEREQUEST']._serialized_end=1438
+  _globals['_DELETERESPONSE']._serialized_start=1440
+  _globals['_DELETERESPONSE']._serialized_end=1474
+  _globals['_DESCRIBEREQUEST']._serialized_start=1476
+  _globals['_DESCRIBEREQUEST']._serialized_end=1524
+  _globals['_DESCRIBERESPONSE']._serialized_start=1527
+  _globals['_DESCRIBERESPONSE']._serialized_end=1664
+  _globals['_DEVICESREQUEST']._serialized_start=1666
+  _globals['_DEVICESREQUEST']._serialized_end=1682
+  _globals['_DEVICE']._serialized_start=1685
+  _globals['_DEVICE']._serialized_end=1904
+  _globals['_DEVICE_PROPERTIESENTRY']._serialized_start=1855
+  _globals['_DEVICE_PROPERTIESENTRY']._serialized_end=1904
+  _globals['_DEVICESRESPONSE']._serialized_start=1906
+  _globals['_DEVICESRESPONSE']._serialized_end=1960
+  _globals['_PLUGINSREQUEST']._serialized_start=1962
+  _globals['_PLUGINSREQUEST']._serialized_end=1978
+  _globals['_PLUGIN']._serialized_start=1980
+  _globals['_PLUGIN']._serialized_end=2066
+  _globals['_PLUGINSRESPONSE']._serialized_start=2068
+  _globals['_PLUGINSRESPONSE']._serialized_end=2122
+  _globals['_BENCHMARKREQUEST']._serialized_start=2125
+  _globals['_BENCHMARKREQUEST']._serialized_end=2297
+  _globals['_BENCHMARKRESULT']._serialized_start=2300
+  _globals['_BENCHMARKRESULT']._serialized_end=2578
+  _globals['_BENCHMARKEVENT']._serialized_start=2581
+  _globals['_BENCHMARKEVENT']._serialized_end=2882
+  _globals['_BENCHMARKEVENT_STAGE']._serialized_start=2802
+  _globals['_BENCHMARKEVENT_STAGE']._serialized_end=2882
+  _globals['_KVSERVE']._serialized_start=2885
+  _globals['_KVSERVE']._serialized_end=3526
 # @@protoc_insertion_point(module_scope)

@@ -24,10 +24,13 @@ from kvserve.server.api.grpc.inference import InferenceServicer
 from kvserve.server.api.grpc.interceptors import ErrorInterceptor
 from kvserve.server.api.grpc.lenient import LenientDecodeInterceptor
 from kvserve.server.api.grpc.kvserve import KvServeServicer
+from kvserve.server.api.grpc import tfserving
 from kvserve.server.ops.lifecycle import DrainInterceptor, Lifecycle
 from kvserve.server.ops.limits import InferGate
 from kvserve.server.models.manager import ModelManager
 from kvserve.server.models.repository import Repository
+from kvserve.server.models.watchers import Watchers, initial_config
+from kvserve.server.uploads.child import remove_orphan_logs
 from kvserve.server.ops.security import check_exposure, server_credentials
 from kvserve.server.settings import Settings
 from kvserve.server.uploads.pipeline import UploadPipeline
@@ -48,14 +51,20 @@ class Daemon:
     uploads: UploadPipeline | None = None
     metrics_server: Any = None
     metrics_port: int = 0
+    http: Any = None  # kvserve.server.api.rest.serve.HttpServer, or None when --http-address is ''
+    watchers: Watchers | None = None
 
     def stop(self, grace: float | None = None, hurry: threading.Event | None = None) -> None:
         """Drain: health NOT_SERVING, new calls UNAVAILABLE, uploads abandoned, running calls get ``grace`` s."""
         grace = self.settings.grace_seconds if grace is None else grace
+        if self.watchers is not None:
+            self.watchers.stop()
         if self.lifecycle is not None:
             self.lifecycle.drain()
             if not self.lifecycle.wait_idle(grace, hurry):
                 log.warning("%d calls still running after %.0f s of grace; cancelling them", self.lifecycle.in_flight, grace)
+        if self.http is not None:
+            self.http.stop()
         self.server.stop(0).wait()
         if self.uploads is not None:
             self.uploads.wait_finished(5.0)  # abandoned uploads remove their staging
@@ -84,11 +93,16 @@ def build(settings: Settings) -> Daemon:
     removed = repository.clean_staging()
     if removed:
         log.info("removed %d leftovers of interrupted uploads or deletes from %s", len(removed), repository.staging_root)
+    removed = repository.clean_cache() + remove_orphan_logs()
+    if removed:
+        log.info("removed %d compiled-model cache entries or logs of deleted, failed or killed work", len(removed))
+    config = initial_config(settings.config_file)
     plugins = load_plugins()
-    manager = ModelManager(repository, plugins, settings)
+    manager = ModelManager(repository, plugins, settings, config)
     lifecycle = Lifecycle()
     reporter = health.HealthReporter(manager)
     uploads = UploadPipeline(repository, manager, settings)
+    manager.rebuild = uploads.rebuild
     lifecycle.on_drain(reporter.drain)
     lifecycle.on_drain(lambda: uploads.abandon_all(SHUTDOWN_MESSAGE))
     options = [
@@ -109,9 +123,23 @@ def build(settings: Settings) -> Daemon:
         port = server.add_insecure_port(settings.address)
     if port == 0:
         raise OSError(f"cannot listen on {settings.address}: address in use or not available")
+    tfserving.add_to_server(manager, dataplane, server)
     metrics.watch_models(manager)
+    http = _http_door(settings, manager, dataplane, lifecycle, InferenceServicer(manager, dataplane, settings)) if settings.http_address else None
     metrics_server, metrics_port = metrics.serve(settings.metrics_address) if settings.metrics_address else (None, 0)
-    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port)
+    watchers = Watchers.create(manager, settings.config_file, settings.config_poll_s, settings.poll_seconds)
+    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port, http=http, watchers=watchers)
+
+
+def _http_door(settings: Settings, manager: ModelManager, dataplane: DataPlane, lifecycle: Lifecycle, servicer: Any) -> Any:
+    """The HTTP port (KServe v2 REST, TF Serving REST): same tokens, TLS, limits and drain as gRPC; port bound now."""
+    from kvserve.server.api.rest.app import create_app
+    from kvserve.server.api.rest.guard import Door
+    from kvserve.server.api.rest.serve import HttpServer, bind
+
+    tokens = load_tokens(settings.auth_token_file) if settings.auth_token_file is not None else None
+    door = Door(manager, dataplane, settings, lifecycle, tokens, servicer)
+    return HttpServer(create_app(door), bind(settings.http_address), settings)
 
 
 def _write_port(path: Path | None, port: int) -> None:
@@ -130,6 +158,18 @@ def start(daemon: Daemon) -> None:
              ", tokens" if settings.auth_token_file else "", settings.repository)
     if daemon.metrics_server is not None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_address.rpartition(":")[0], daemon.metrics_port)
+    if daemon.http is not None:
+        daemon.http.start_thread()
+        log.info("HTTP (KServe v2 REST, TF Serving REST) on %s://%s:%d", "https" if daemon.http.tls else "http",
+                 settings.http_address.rpartition(":")[0], daemon.http.port)
+        _write_port(settings.http_port_file, daemon.http.port)
     _write_port(settings.metrics_port_file, daemon.metrics_port)
     _write_port(settings.port_file, daemon.port)
-    threading.Thread(target=daemon.manager.load_all, name="kvd-startup-load", daemon=True).start()
+    threading.Thread(target=_load_then_watch, args=(daemon,), name="kvd-startup-load", daemon=True).start()
+
+
+def _load_then_watch(daemon: Daemon) -> None:
+    """Load the repository, then start watching the config file and the repository (if asked)."""
+    daemon.manager.load_all()
+    if daemon.watchers is not None:
+        daemon.watchers.start()

@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 
 from kvserve.server.ops.logs import FORMATS, configure
-from kvserve.server.settings import (DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_ADDRESS, PERFORMANCE_HINTS,
-                                     PRECISIONS, Settings, default_repository, DEFAULT_PRECISION)
+from kvserve.server.settings import (DEFAULT_ADDRESS, DEFAULT_HTTP_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_ADDRESS,
+                                     DEFAULT_PRECISION, PERFORMANCE_HINTS, PRECISIONS, Settings, default_repository)
 from kvserve.server.version import SERVER_VERSION
 
 
@@ -22,6 +22,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--repository", type=Path, default=None, help="model repository directory (env KVSERVE_REPOSITORY; default: the user data dir)")
     parser.add_argument("--address", default=env("KVSERVE_ADDRESS", DEFAULT_ADDRESS), help=f"host:port to listen on (default {DEFAULT_ADDRESS}; port 0 picks a free one)")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening (for scripts and tests)")
+    parser.add_argument("--http-address", default=env("KVSERVE_HTTP_ADDRESS", DEFAULT_HTTP_ADDRESS),
+                        help=f"host:port of the HTTP API: KServe v2 REST and TF Serving REST (default {DEFAULT_HTTP_ADDRESS}; port 0 picks one; '' disables it)")
+    parser.add_argument("--http-port-file", type=Path, help="write the HTTP port here once listening")
     parser.add_argument("--max-message-mb", type=int, default=DEFAULT_MAX_MESSAGE_BYTES // (1024 * 1024), help="largest gRPC message accepted or sent, in MiB")
     parser.add_argument("--max-upload-mb", type=int, default=4096, help="largest model upload, in MiB")
     parser.add_argument("--max-batch-size", type=int, default=1024, help="largest batch one infer request may carry (ModelConfig max_batch_size)")
@@ -39,11 +42,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
                         help="allow Keras models whose loading runs Python code (Lambda layers); only for models you trust")
     parser.add_argument("--log-level", default=env("KVSERVE_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
     add_operations_arguments(parser)
+    add_lifecycle_arguments(parser)
     args = parser.parse_args(argv)
     return Settings(
         repository=args.repository or default_repository(),
         address=args.address,
         port_file=args.port_file,
+        http_address=args.http_address,
+        http_port_file=args.http_port_file,
         max_message_bytes=args.max_message_mb * 1024 * 1024,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         workers=args.workers,
@@ -56,7 +62,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         grace_seconds=args.grace_seconds,
         allow_unsafe_deserialization=args.allow_unsafe_deserialization,
         **operations_settings(args),
+        config_file=args.config, config_poll_s=args.config_poll_seconds, poll_seconds=args.poll_seconds,
     ), args.log_level
+
+
+def add_lifecycle_arguments(parser: argparse.ArgumentParser) -> None:
+    """Config file and repository poll (docs/configuration.md)."""
+    group = parser.add_argument_group("model lifecycle")
+    group.add_argument("--config", type=Path, default=os.environ.get("KVSERVE_CONFIG") or None,
+                       help="TOML file: version policy, pin, devices, hint, batching, warm-up per model (docs/configuration.md); "
+                            "re-read when it changes and on SIGHUP")
+    group.add_argument("--config-poll-seconds", type=float, default=2.0, help="how often --config is checked for changes")
+    group.add_argument("--poll-seconds", type=float, default=0.0,
+                       help="look for versions added, changed or deleted by other processes every N s (0 = off)")
 
 
 def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +84,7 @@ def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--metrics-address", default=env("KVSERVE_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS),
                        help=f"host:port of the Prometheus endpoint (default {DEFAULT_METRICS_ADDRESS}; port 0 picks one; '' disables it)")
     group.add_argument("--metrics-port-file", type=Path, help="write the metrics endpoint's bound port here")
-    group.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) for TLS on the gRPC port")
+    group.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) for TLS on the gRPC and HTTP ports")
     group.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     group.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)")
     group.add_argument("--auth-token-file", type=Path, default=env("KVSERVE_AUTH_TOKEN_FILE") or None,
@@ -121,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    if daemon.watchers is not None:
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: daemon.watchers.reload())  # only sets an event
     start(daemon)
     while not stop.wait(0.2):  # a timed wait: the main thread must wake to run the Python signal handler,
         pass                   # which never happens if the kernel hands the signal to a gRPC thread

@@ -52,15 +52,15 @@ def check_exposure(settings: Settings) -> None:
         return
     tls = bool(settings.tls_cert)
     tokens = settings.auth_token_file is not None
-    if not is_loopback(settings.address):
+    for address in (a for a in (settings.address, getattr(settings, "http_address", "")) if a and not is_loopback(a)):
         if tokens and not tls:
             raise ValueError(
-                f"refusing to listen on {settings.address} with bearer tokens over plaintext: anyone on the path could read "
+                f"refusing to listen on {address} with bearer tokens over plaintext: anyone on the path could read "
                 "and replay them. Add --tls-cert/--tls-key, or pass --insecure if the network is trusted")
         if not (tls and (settings.tls_client_ca or tokens)):
             what = "TLS but no client authentication" if tls else "without TLS or tokens"
             raise ValueError(
-                f"refusing to listen on {settings.address} {what}: anyone who can reach it could upload and run models. "
+                f"refusing to listen on {address} {what}: anyone who can reach it could upload and run models. "
                 "Pass --tls-cert/--tls-key with --tls-client-ca (mTLS) or --auth-token-file, or --insecure if the network is trusted")
     metrics = getattr(settings, "metrics_address", "")
     if metrics and not is_loopback(metrics):
