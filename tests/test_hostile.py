@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import resource
 import subprocess
 import sys
 import zlib

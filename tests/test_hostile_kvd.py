@@ -10,7 +10,6 @@ import random
 import subprocess
 import sys
 import threading
-import time
 
 import grpc
 import numpy as np
