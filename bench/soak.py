@@ -69,7 +69,7 @@ def start_kvd(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     log = open(workdir / "kvd.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "kvserve.server.main", "--http-address", "", "--repository", str(workdir / "repo"),
                                 "--address", "127.0.0.1:0", "--port-file", str(port_file), "--metrics-address", "127.0.0.1:0",
-                                "--max-uploads", "1", "--upload-queue-seconds", "60"], stdout=log, stderr=subprocess.STDOUT)
+                                "--max-uploads", "1", "--upload-queue-seconds", "60", "--http-address", ""], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not port_file.exists():
         if process.poll() is not None or time.monotonic() > deadline:

@@ -87,13 +87,52 @@ def scale(pixels: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"unknown preprocessing '{mode}'")
 
 
-def decode(data: bytes | Path, height: int, width: int, channels: int, resize: str = "bilinear", center_crop: bool = False) -> np.ndarray:
-    """Encoded image -> float32 (H, W, C) pixels 0-255: EXIF orientation honoured, grayscale or RGB by ``channels``."""
+MAX_IMAGE_PIXELS = 40_000_000  # one image as decoded (about a 6300x6300 photo); more is refused undecoded
+MAX_REQUEST_PIXELS = 100_000_000  # every image of one request together (header or target size, whichever is larger)
+
+
+def decoded_pixels(data: bytes | Path, height: int, width: int, channels: int) -> int:
+    """How many pixels decoding ``data`` for an (height, width) target would allocate, from the header alone
+    (Pillow opens lazily; JPEG draft scaling applied): what a pixel budget is charged before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(_source(data)) as image:
+            _draft(image, height, width, channels)
+            return int(image.size[0]) * int(image.size[1])
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageError(f"not a readable image ({error})") from None
+
+
+def _draft(image: Any, height: int, width: int, channels: int) -> None:
+    """JPEG only: decode at 1/2, 1/4 or 1/8 scale when the target is that much smaller (no quality lost after resize)."""
+    if image.format == "JPEG" and height > 0 and width > 0:
+        turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation that swaps the sides
+        image.draft("L" if channels == 1 else "RGB", (height, width) if turned else (width, height))
+
+
+def _source(data: bytes | Path) -> Any:
+    return io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+
+
+def decode(data: bytes | Path, height: int, width: int, channels: int, resize: str = "bilinear", center_crop: bool = False,
+           max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Encoded image -> float32 (H, W, C) pixels 0-255: EXIF orientation honoured, grayscale or RGB by ``channels``.
+
+    Bounded before decoding: the header's size is checked against ``max_pixels`` (after JPEG draft mode, which
+    decodes at 1/2, 1/4 or 1/8 scale when the target is that much smaller), so a small file claiming a huge
+    image is refused without allocating it.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     filters = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data) as image:
+        with Image.open(_source(data)) as image:
+            _draft(image, height, width, channels)
+            source_w, source_h = image.size
+            if source_w * source_h > max_pixels:
+                raise ImageError(f"the image is {source_w}x{source_h} pixels, more than the {max_pixels} kvd decodes; "
+                                 "resize it before sending")
             image = ImageOps.exif_transpose(image)
             image = image.convert("L" if channels == 1 else "RGB")
             if center_crop and height > 0 and width > 0:
@@ -101,7 +140,9 @@ def decode(data: bytes | Path, height: int, width: int, channels: int, resize: s
             if height > 0 and width > 0 and image.size != (width, height):
                 image = image.resize((width, height), filters[resize])
             array = np.asarray(image, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        if isinstance(error, ImageError):
+            raise
         raise ImageError(f"not a readable image ({error})") from None
     return array[..., None] if array.ndim == 2 else array
 
@@ -125,10 +166,11 @@ def image_shape(shape: list[int] | tuple[int, ...]) -> tuple[int, int, int] | No
     return None
 
 
-def to_input(data: bytes | Path, shape: list[int] | tuple[int, ...], preprocess: Preprocess) -> np.ndarray:
+def to_input(data: bytes | Path, shape: list[int] | tuple[int, ...], preprocess: Preprocess,
+             max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """One encoded image as the model's (H, W, C) float32 input, decoded, resized and scaled per the manifest."""
     hwc = image_shape(shape)
     if hwc is None:
         raise ImageError(f"the model input {list(shape)} is not an NHWC image with 1 or 3 channels")
     height, width, channels = hwc
-    return scale(decode(data, height, width, channels, preprocess.resize, preprocess.center_crop), preprocess.mode)
+    return scale(decode(data, height, width, channels, preprocess.resize, preprocess.center_crop, max_pixels), preprocess.mode)

@@ -12,6 +12,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from kvserve.proto.echo import bounded, short
+
 from kvserve.proto import grpc_service_pb2 as pb
 
 # v2 datatype -> numpy dtype (little-endian, as the protocol's raw contents are).
@@ -48,8 +50,18 @@ CONTENTS_FIELDS: dict[str, str] = {
 }
 
 
+MAX_RANK = 32  # numpy allows 64; no model has more than a handful
+MAX_DIM = 2**31 - 1
+MAX_ELEMENTS = 2**40  # far beyond any request size limit, well inside numpy's index range (even with 0 in the shape)
+
+
 class TensorError(ValueError):
-    """A tensor's declared datatype/shape does not match its contents (a client error)."""
+    """A tensor's declared datatype/shape does not match its contents (a client error).
+
+    The message is bounded and escaped: it echoes client-chosen names."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(bounded(str(message)), *args)
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -70,8 +82,20 @@ def element_count(shape: Sequence[int]) -> int:
 
 
 def _check_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    """The declared shape, refused before any allocation when numpy could not hold it (even an empty one)."""
+    name = short(name)
+    if len(shape) > MAX_RANK:
+        raise TensorError(f"input '{name}': shape has {len(shape)} dimensions, at most {MAX_RANK} are accepted")
+    shown = short(list(shape), 120)
     if any(int(d) < 0 for d in shape):
-        raise TensorError(f"input '{name}': shape {list(shape)} has a negative dimension; send the concrete shape")
+        raise TensorError(f"input '{name}': shape {shown} has a negative dimension; send the concrete shape")
+    if any(int(d) > MAX_DIM for d in shape):
+        raise TensorError(f"input '{name}': shape {shown} has a dimension above {MAX_DIM}; send the real shape")
+    nonzero = 1
+    for dim in shape:
+        nonzero *= max(int(dim), 1)
+    if nonzero > MAX_ELEMENTS:
+        raise TensorError(f"input '{name}': shape {shown} is too large to describe any tensor; send the real shape")
     return tuple(int(d) for d in shape)
 
 

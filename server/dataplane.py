@@ -15,13 +15,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from kvserve.proto import classes
-from kvserve.proto.images import ImageError, Preprocess, image_shape, to_input
+from kvserve.proto.echo import short
+from kvserve.proto.images import MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS, ImageError, Preprocess, decoded_pixels, image_shape, to_input
 from kvserve.plugins.types import TensorSpec, infer_async
 from kvserve.proto.tensors import DATATYPES, datatype_of
 from kvserve.server.ops import faults, metrics
 from kvserve.server.errors import DeadlineExceeded, InvalidArgument
 from kvserve.server.batching import BatchPolicy, Batcher, batchable
-from kvserve.server.ops.limits import Admission, deadline_passed
+from kvserve.server.ops.limits import PIXELS, Admission, deadline_passed
 from kvserve.server.models.manager import ModelManager, ModelVersion
 
 
@@ -29,10 +30,16 @@ def describe_specs(specs: list[TensorSpec]) -> str:
     return ", ".join(f"'{s.name}' ({s.datatype} {list(s.shape)})" for s in specs)
 
 
-def decode_images(model: ModelVersion, inputs: Mapping[str, np.ndarray], preprocess: Preprocess | None = None) -> dict[str, np.ndarray]:
+def decode_images(model: ModelVersion, inputs: Mapping[str, np.ndarray], preprocess: Preprocess | None = None,
+                  max_batch_size: int = 0, max_image_pixels: int = MAX_IMAGE_PIXELS,
+                  max_request_pixels: int = MAX_REQUEST_PIXELS) -> dict[str, np.ndarray]:
     """BYTES inputs sent to an image input (one encoded image per element, shape [N] or [N, 1]) become the
     model's tensor, decoded and preprocessed per the manifest (as OpenVINO Model Server does for binary
-    inputs). Other inputs pass through untouched."""
+    inputs). Other inputs pass through untouched.
+
+    Bounded before anything is decoded: the element count against the batch limit, then every header against
+    the per-image and per-request pixel budgets (the larger of the decoded size and the model's target size),
+    and the whole decode holds that many pixels of the process-wide budget (``PIXELS``)."""
     specs = {spec.name: spec for spec in model.inputs}
     preprocess = preprocess or Preprocess.from_dict(model.manifest.get("preprocess"))
     decoded = dict(inputs)
@@ -40,16 +47,51 @@ def decode_images(model: ModelVersion, inputs: Mapping[str, np.ndarray], preproc
         spec = specs.get(name)
         if spec is None or array.dtype != object or spec.datatype == "BYTES" or image_shape(spec.shape) is None:
             continue
-        if array.ndim > 2 or (array.ndim == 2 and array.shape[1] != 1):
-            raise InvalidArgument(f"input '{name}': send encoded images as a BYTES tensor of shape [N] or [N, 1], got {list(array.shape)}")
-        images = []
-        for index, item in enumerate(array.reshape(-1)):
+        shown = short(name)
+        if array.ndim not in (1, 2) or (array.ndim == 2 and array.shape[1] != 1):
+            raise InvalidArgument(f"input '{shown}': send encoded images as a BYTES tensor of shape [N] or [N, 1], got {list(array.shape)}")
+        count = int(array.shape[0])
+        if count == 0:
+            raise InvalidArgument(f"input '{shown}' holds no images; send at least one")
+        fixed = spec.shape[0] if spec.shape[0] > 0 else 0
+        if fixed and count != fixed:
+            raise InvalidArgument(f"input '{shown}' holds {count} images, model '{model.name}' takes exactly {fixed}")
+        if max_batch_size and count > max_batch_size:
+            raise InvalidArgument(f"input '{shown}' holds {count} images, more than this server's max batch size "
+                                  f"{max_batch_size}; split the request")
+        height, width, channels = image_shape(spec.shape)  # type: ignore[misc]
+        target = max(height, 1) * max(width, 1)
+        items = [_image_bytes(shown, index, item) for index, item in enumerate(array.reshape(-1))]
+        charged = 0
+        for index, item in enumerate(items):
             try:
-                images.append(to_input(bytes(item), spec.shape, preprocess))
+                pixels = decoded_pixels(item, height, width, channels)
             except ImageError as error:
-                raise InvalidArgument(f"input '{name}' element {index}: {error}") from None
-        decoded[name] = np.stack(images).astype(DATATYPES[spec.datatype], copy=False)
+                raise InvalidArgument(f"input '{shown}' element {index}: {error}") from None
+            if pixels > max_image_pixels:
+                raise InvalidArgument(f"input '{shown}' element {index}: the image has {pixels} pixels, more than the "
+                                      f"{max_image_pixels} kvd decodes; resize it before sending")
+            charged += max(pixels, target)
+            if charged > max_request_pixels:
+                raise InvalidArgument(f"input '{shown}': the images up to element {index} add up to more than the "
+                                      f"{max_request_pixels} pixels one request may decode; send fewer or smaller images")
+        with PIXELS.hold(charged):
+            images = []
+            for index, item in enumerate(items):
+                try:
+                    images.append(to_input(item, spec.shape, preprocess, max_image_pixels))
+                except ImageError as error:
+                    raise InvalidArgument(f"input '{shown}' element {index}: {error}") from None
+            decoded[name] = np.stack(images).astype(DATATYPES[spec.datatype], copy=False)
     return decoded
+
+
+def _image_bytes(name: str, index: int, item: object) -> bytes:
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    if isinstance(item, str):
+        return item.encode("utf-8", "surrogatepass")
+    raise InvalidArgument(f"input '{name}' element {index}: expected encoded image bytes, got {type(item).__name__}")
 
 
 def validate_inputs(model: ModelVersion, inputs: Mapping[str, np.ndarray], max_batch_size: int = 0) -> None:
@@ -161,7 +203,7 @@ class DataPlane:
         served = await self.lookup(name, version)
         model = served.model
         if served.images and any(array.dtype == object for array in inputs.values()):
-            inputs = await asyncio.to_thread(decode_images, model, inputs, served.preprocess)
+            inputs = await asyncio.to_thread(decode_images, model, inputs, served.preprocess, self.max_batch_size)
         validate_inputs(model, inputs, self.max_batch_size)
         if classification:
             classification = dict(classification)

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import grpc
 
+from kvserve.proto.echo import bounded
+
 
 class KvError(Exception):
-    """Base class: ``str(error)`` is shown to the client as is, so say what was wrong and what to do."""
+    """Base class: ``str(error)`` is shown to the client as is, so say what was wrong and what to do.
+
+    The message is bounded and escaped (``kvserve.proto.echo.bounded``): it echoes names and values the client
+    sent, and a 20,000-character name must not overflow gRPC's metadata limit or forge log lines.
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(bounded(str(message)), *args)
 
 
 class InvalidArgument(KvError):

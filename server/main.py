@@ -156,6 +156,13 @@ def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-queue-mb", type=int, default=512, help="MiB of inputs one model's waiting requests may hold before RESOURCE_EXHAUSTED")
     group.add_argument("--access-log", action="store_true", help="log one line per successful call (failures are always logged)")
     group.add_argument("--max-concurrent-rpcs", type=int, default=256, help="calls admitted at once; more get RESOURCE_EXHAUSTED")
+    group.add_argument("--min-free-mb", type=int, default=256,
+                       help="refuse uploads while the repository's file system has less free space than this (0: no floor)")
+    group.add_argument("--max-unpacked-mb", type=int, default=16384,
+                       help="largest size a SavedModel archive may unpack to (also at most --archive-ratio times its own size)")
+    group.add_argument("--archive-ratio", type=int, default=20, help="largest unpacked/packed size ratio of an uploaded archive")
+    group.add_argument("--child-memory-mb", type=int, default=0,
+                       help="address-space limit of converter and worker child processes, in MiB (0: none)")
     group.add_argument("--log-format", choices=FORMATS, default=env("KVSERVE_LOG_FORMAT", "text"), help="text lines or JSON lines")
 
 
@@ -168,6 +175,8 @@ def operations_settings(args: argparse.Namespace) -> dict[str, object]:
         "max_queue_bytes": args.max_queue_mb * 1024 * 1024, "upload_idle_s": args.upload_idle_seconds,
         "upload_total_s": args.upload_total_seconds, "access_log": args.access_log,
         "max_concurrent_rpcs": args.max_concurrent_rpcs, "log_format": args.log_format,
+        "min_free_bytes": args.min_free_mb * 1024 * 1024, "archive_max_bytes": args.max_unpacked_mb * 1024 * 1024,
+        "archive_ratio": args.archive_ratio, "child_memory_bytes": args.child_memory_mb * 1024 * 1024,
     }
 
 

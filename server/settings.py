@@ -68,6 +68,11 @@ class Settings:
     access_log: bool = False  # a log line per successful call
     max_concurrent_rpcs: int = 256
     log_format: str = "text"
+    # hardening (issue 14): disk floor, archive bounds, child memory
+    min_free_bytes: int = 256 * 1024 * 1024  # uploads refused while the repository has less free (--min-free-mb)
+    archive_ratio: int = 20  # a SavedModel archive may unpack to at most this many times the upload's size...
+    archive_max_bytes: int = 16 * 1024 * 1024 * 1024  # ...and never more than this (--max-unpacked-mb)
+    child_memory_bytes: int = 0  # address-space limit of converter/worker children (--child-memory-mb); 0 = none
     # model lifecycle (issue 13): config file, its poll, repository poll (0 = off)
     config_file: Path | None = None
     config_poll_s: float = 2.0

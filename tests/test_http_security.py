@@ -39,7 +39,9 @@ def _auth(token: str) -> dict[str, str]:
 def test_tokens_and_roles_on_http(kvd_factory, repo, tokens):
     kvd = kvd_factory(repo, "--auth-token-file", str(tokens), client_options={"token": ADMIN_TOKEN})
     http = kvd.http_url
-    for path in ("/v2/health/ready", "/v2/models/digits", "/v1/models/digits"):
+    for path in ("/v2/health/live", "/v2/health/ready"):  # probes need no token (issue 14)
+        assert requests.get(http + path, timeout=30).status_code == 200
+    for path in ("/v2/models/digits", "/v1/models/digits", "/v2/models/digits/ready"):
         response = requests.get(http + path, timeout=30)
         assert response.status_code == 401 and "token" in response.json()["error"]
         assert response.headers["WWW-Authenticate"].startswith("Bearer")

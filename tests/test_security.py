@@ -13,7 +13,7 @@ import pytest
 
 from opsutil import copy_model, make_certs
 
-from kvserve.server.ops.auth import ADMIN, READ, load_tokens, role_needed
+from kvserve.server.ops.auth import ADMIN, PUBLIC, READ, load_tokens, role_needed
 from kvserve.server.ops.security import check_exposure, is_loopback
 from kvserve.server.settings import Settings
 
@@ -50,7 +50,9 @@ def repo(tmp_path: Path, served_digits) -> Path:
 
 def test_role_table_defaults_to_admin():
     assert role_needed("/inference.GRPCInferenceService/ModelInfer") == READ
-    assert role_needed("/grpc.health.v1.Health/Check") == READ
+    assert role_needed("/grpc.health.v1.Health/Check") == PUBLIC  # probes cannot send tokens
+    assert role_needed("/inference.GRPCInferenceService/ServerReady") == PUBLIC
+    assert role_needed("/inference.GRPCInferenceService/ModelReady") == READ
     assert role_needed("/kvserve.v1.KvServe/Devices") == READ
     for admin in ("Upload", "Delete", "Benchmark", "SomethingNew"):
         assert role_needed(f"/kvserve.v1.KvServe/{admin}") == ADMIN
@@ -73,8 +75,21 @@ def test_non_loopback_needs_protection_or_insecure():
     with pytest.raises(ValueError, match="--insecure"):
         check_exposure(Settings(address="0.0.0.0:8500"))
     check_exposure(Settings(address="0.0.0.0:8500", insecure=True))
-    check_exposure(Settings(address="0.0.0.0:8500", auth_token_file=Path("t")))
-    check_exposure(Settings(address="0.0.0.0:8500", tls_cert=Path("c"), tls_key=Path("k")))
+    check_exposure(Settings(address="0.0.0.0:8500", tls_cert=Path("c"), tls_key=Path("k"), auth_token_file=Path("t")))
+    check_exposure(Settings(address="0.0.0.0:8500", tls_cert=Path("c"), tls_key=Path("k"), tls_client_ca=Path("ca")))
+    check_exposure(Settings(address="127.0.0.1:8500", auth_token_file=Path("t")))  # tokens over loopback stay fine
+
+
+def test_weak_exposure_is_refused_off_loopback():
+    """Issue 14: TLS without client authentication let anyone upload; tokens over plaintext can be replayed;
+    the metrics endpoint (no TLS, no tokens) was never checked."""
+    with pytest.raises(ValueError, match="TLS but no client authentication"):
+        check_exposure(Settings(address="0.0.0.0:8500", tls_cert=Path("c"), tls_key=Path("k")))
+    with pytest.raises(ValueError, match="bearer tokens over plaintext"):
+        check_exposure(Settings(address="0.0.0.0:8500", auth_token_file=Path("t")))
+    with pytest.raises(ValueError, match="refusing to serve metrics on 0.0.0.0:8502"):
+        check_exposure(Settings(metrics_address="0.0.0.0:8502"))
+    check_exposure(Settings(metrics_address="0.0.0.0:8502", insecure=True))
 
 
 def test_kvd_refuses_to_listen_openly(tmp_path):
@@ -87,8 +102,11 @@ def test_kvd_refuses_to_listen_openly(tmp_path):
 def test_tokens_and_roles(kvd_factory, repo, tokens):
     kvd = kvd_factory(repo, "--auth-token-file", str(tokens), client_options={"token": READ_TOKEN})
     with kvd.client(token=None) as anonymous:
-        code, message = _code(anonymous.ready)
+        code, message = _code(anonymous.list_models)
         assert code == grpc.StatusCode.UNAUTHENTICATED and "KVSERVE_TOKEN" in message
+        assert anonymous.live() and anonymous.ready()  # probes need no token (docs/security.md)
+        code, _ = _code(lambda: anonymous.model_ready("digits"))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
     with kvd.client(token="wrong-" + "c" * 30) as wrong:
         code, message = _code(lambda: wrong.infer("digits", {"image": X}))
         assert code == grpc.StatusCode.UNAUTHENTICATED and "not valid" in message

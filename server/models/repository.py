@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from kvserve.server.ops import faults
+from kvserve.server.ops import disk, faults
+from kvserve.proto.echo import short
 from kvserve.server.errors import FailedPrecondition, InvalidArgument, NotFound
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -90,9 +91,12 @@ def is_version(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+MAX_VERSION_DIGITS = 18  # fits int64 (the v2 protocol's version numbers), far below Python's 4300-digit int limit
+
+
 def parse_version(version: str) -> int:
-    if not is_version(version) or int(version) < 1:
-        raise InvalidArgument(f"invalid version {version!r}: versions are positive integers (1, 2, ...)")
+    if len(version) > MAX_VERSION_DIGITS or not is_version(version) or int(version) < 1:
+        raise InvalidArgument(f"invalid version {short(version)!r}: versions are positive integers (1, 2, ...)")
     return int(version)
 
 
@@ -117,10 +121,11 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON durably: temp file, fsync, rename."""
+    """Write JSON durably: temp file, fsync, rename (a full disk leaves the old file and says so)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        with open(tmp, "w") as handle:
+        with disk.guarded(path.parent), open(tmp, "w") as handle:
+            disk.inject("manifest")
             json.dump(data, handle, indent=2, sort_keys=True)
             handle.write("\n")
             handle.flush()

@@ -3,7 +3,8 @@
 Token file (``kvd --auth-token-file``): one ``ROLE TOKEN`` per line, ROLE ``read`` or ``admin``; blank lines and
 ``#`` comments are ignored; tokens are at least 16 characters (``openssl rand -hex 32`` makes a good one).
 Clients send ``authorization: Bearer TOKEN`` metadata. ``read`` may infer and look; ``admin`` may also change
-the repository. A method not in ``ROLES`` needs ``admin``, so a new RPC is never open by accident.
+the repository. Health (gRPC health Check/Watch, ServerLive, ServerReady) is ``public``: probes answer without a
+token, and say nothing but up/down. A method not in ``ROLES`` needs ``admin``, so a new RPC is never open by accident.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import grpc
 
 log = logging.getLogger("kvserve.server.ops.auth")
 
+PUBLIC = "public"  # liveness/readiness probes: Kubernetes gRPC and HTTP probes cannot send a token
 READ = "read"
 ADMIN = "admin"
 MIN_TOKEN_CHARS = 16
@@ -24,15 +26,16 @@ MIN_TOKEN_CHARS = 16
 _V2 = "/inference.GRPCInferenceService/"
 _KV = "/kvserve.v1.KvServe/"
 ROLES: dict[str, str] = {
-    **{_V2 + m: READ for m in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
+    **{_V2 + m: PUBLIC for m in ("ServerLive", "ServerReady")},
+    **{_V2 + m: READ for m in ("ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
                                "ModelInfer", "ModelStreamInfer", "ModelStatistics", "RepositoryIndex")},
     **{_V2 + m: ADMIN for m in ("RepositoryModelLoad", "RepositoryModelUnload")},
     **{_KV + m: READ for m in ("Describe", "Devices", "Plugins")},
     **{_KV + m: ADMIN for m in ("Upload", "Delete", "Benchmark")},
     **{"/tensorflow.serving.PredictionService/" + m: READ for m in ("Predict", "GetModelMetadata", "Classify", "Regress", "MultiInference")},
     "/tensorflow.serving.ModelService/GetModelStatus": READ,
-    "/grpc.health.v1.Health/Check": READ,
-    "/grpc.health.v1.Health/Watch": READ,
+        "/grpc.health.v1.Health/Check": PUBLIC,
+    "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": READ,
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": READ,
 }
@@ -82,6 +85,8 @@ def _bearer(metadata: Any) -> str | None:
 def check_token(tokens: dict[bytes, str], method: str, metadata: Any) -> tuple[grpc.StatusCode, str] | None:
     """None when the call's bearer token grants ``method``; else UNAUTHENTICATED (no or unknown token) or
     PERMISSION_DENIED (the token's role does not grant it) with the message to send."""
+    if role_needed(method) == PUBLIC:  # health and liveness: probes cannot send a token
+        return None
     token = _bearer(metadata)
     if token is None:
         return (grpc.StatusCode.UNAUTHENTICATED,

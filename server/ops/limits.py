@@ -174,3 +174,32 @@ class Abandon:
         with self._lock:
             if callback in self._callbacks:
                 self._callbacks.remove(callback)
+
+
+class PixelBudget:
+    """Process-wide bound on image pixels being decoded at once, so concurrent image requests cannot together
+    decode more than ``total`` pixels (each already bounded alone). Waits up to ``wait_s`` for room, then
+    RESOURCE_EXHAUSTED."""
+
+    def __init__(self, total: int, wait_s: float = 5.0) -> None:
+        self.total = total
+        self.wait_s = wait_s
+        self.used = 0
+        self._room = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.total)  # one request alone is bounded by its own budget
+        with self._room:
+            if not self._room.wait_for(lambda: self.used + pixels <= self.total, timeout=self.wait_s):
+                raise ResourceExhausted(f"kvd is decoding {self.used} image pixels already (budget {self.total}); retry shortly")
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._room:
+                self.used -= pixels
+                self._room.notify_all()
+
+
+PIXELS = PixelBudget(200_000_000)

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any
 
+from kvserve.proto.echo import escape
+
 FORMATS = ("text", "json")
 QUOTE_CHARS = ' ="\n'
 
@@ -27,7 +29,8 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 def _one_line(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+    """Backslashes doubled, then every control or line-separator character (\\n, \\r, U+2028, ...) escaped."""
+    return escape(text.replace("\\", "\\\\"))
 
 
 class TextFormatter(logging.Formatter):
@@ -52,6 +55,7 @@ class JsonFormatter(logging.Formatter):
                                 "msg": record.getMessage(), **getattr(record, "fields", {})}
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
+        # ensure_ascii (the default) escapes U+2028/U+2029 and every control character: one event per line
         return json.dumps(data, default=str)
 
 

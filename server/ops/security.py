@@ -1,7 +1,8 @@
 """TLS on the gRPC port, and the rule that kvd does not listen beyond loopback without protection.
 
 ``--tls-cert``/``--tls-key`` (PEM) turn TLS on; ``--tls-client-ca`` also requires client certificates signed by
-that CA (mTLS). A non-loopback ``--address`` needs TLS or ``--auth-token-file``, or an explicit ``--insecure``.
+that CA (mTLS). A non-loopback ``--address`` needs TLS with client certificates or TLS plus ``--auth-token-file``, or an
+explicit ``--insecure``; a non-loopback ``--metrics-address`` needs ``--insecure`` (docs/security.md).
 """
 
 from __future__ import annotations
@@ -43,11 +44,26 @@ def is_loopback(address: str) -> bool:
 
 
 def check_exposure(settings: Settings) -> None:
-    """Refuse a plaintext, tokenless listener reachable from other hosts unless --insecure says so."""
-    protected = bool(settings.tls_cert) or settings.auth_token_file is not None
-    exposed = [a for a in (settings.address, settings.http_address) if a and not is_loopback(a)]
-    if not protected and not settings.insecure and exposed:
+    """Off loopback, kvd listens only when callers are authenticated over an encrypted channel: TLS with client
+    certificates (mTLS), or TLS plus bearer tokens. TLS alone lets anyone upload and delete; tokens over
+    plaintext can be sniffed and replayed. Anything less needs an explicit ``--insecure``. The metrics endpoint
+    (plain HTTP, no authentication) must stay on loopback unless ``--insecure`` says otherwise."""
+    if settings.insecure:
+        return
+    tls = bool(settings.tls_cert)
+    tokens = settings.auth_token_file is not None
+    for address in (a for a in (settings.address, getattr(settings, "http_address", "")) if a and not is_loopback(a)):
+        if tokens and not tls:
+            raise ValueError(
+                f"refusing to listen on {address} with bearer tokens over plaintext: anyone on the path could read "
+                "and replay them. Add --tls-cert/--tls-key, or pass --insecure if the network is trusted")
+        if not (tls and (settings.tls_client_ca or tokens)):
+            what = "TLS but no client authentication" if tls else "without TLS or tokens"
+            raise ValueError(
+                f"refusing to listen on {address} {what}: anyone who can reach it could upload and run models. "
+                "Pass --tls-cert/--tls-key with --tls-client-ca (mTLS) or --auth-token-file, or --insecure if the network is trusted")
+    metrics = getattr(settings, "metrics_address", "")
+    if metrics and not is_loopback(metrics):
         raise ValueError(
-            f"refusing to listen on {exposed[0]} without TLS or tokens: anyone who can reach it could upload "
-            "and run models. Pass --tls-cert/--tls-key and/or --auth-token-file, or --insecure if the network is trusted"
-        )
+            f"refusing to serve metrics on {metrics}: the metrics endpoint has no TLS or tokens. Bind it to loopback "
+            "(--metrics-address 127.0.0.1:8502) and scrape through a proxy, or pass --insecure if the network is trusted")

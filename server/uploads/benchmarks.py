@@ -59,7 +59,7 @@ class Benchmarks:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
         self._busy = threading.Lock()
-        self.launcher = Launcher(BENCHMARK, label=str(manager.repository.root))  # rare: no warm child
+        self.launcher = Launcher(BENCHMARK, label=str(manager.repository.root), memory_bytes=manager.settings.child_memory_bytes)  # rare: no warm child
 
     def run(self, spec: BenchmarkSpec, cancelled: threading.Event | None = None) -> Iterator[dict[str, Any]]:
         """Yield progress events (``stage``, ``message``), one ``result`` event per row, then ``done``.

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
+from kvserve.server.ops import disk
 from kvserve.server.errors import FailedPrecondition, Internal, InvalidArgument, KvError, NotFound, ResourceExhausted
 from kvserve.server.ops.limits import Abandon
 
@@ -52,8 +53,14 @@ class ChildJob:
     log_name: str
 
 
-def _child_env() -> dict[str, str]:
+MEMORY_ENV = "KVSERVE_CHILD_MEMORY_BYTES"
+OOM_SCORE_ADJ = 500  # the kernel's OOM killer picks a child (one job lost) before kvd (every model down)
+
+
+def _child_env(memory_bytes: int = 0) -> dict[str, str]:
     env = dict(os.environ)
+    if memory_bytes > 0:
+        env[MEMORY_ENV] = str(memory_bytes)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     env["PYTHONUNBUFFERED"] = "1"
@@ -73,8 +80,9 @@ class Launcher:
     while it waits for its job on stdin, so a job does not wait the ~5 s those imports take.
     """
 
-    def __init__(self, kind: ChildJob, warm: bool = False, label: str = "") -> None:
+    def __init__(self, kind: ChildJob, warm: bool = False, label: str = "", memory_bytes: int = 0) -> None:
         self.kind = kind
+        self.memory_bytes = memory_bytes  # the child's address-space limit (--child-memory-mb); 0: none
         self.warm = warm
         self.label = label  # shown on the child's command line (ps): which kvd's repository it works for
         self._idle: Child | None = None
@@ -116,7 +124,7 @@ class Launcher:
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 stdin=subprocess.PIPE,
-                env=_child_env(),
+                env=_child_env(self.memory_bytes),
                 start_new_session=True,
             )
         return Child(process, Path(name))
@@ -253,6 +261,22 @@ def _exit_with_parent(poll_s: float = 0.5) -> None:
     os._exit(70)
 
 
+def limit_self() -> None:
+    """In a child, first thing: raise our OOM score (we die before kvd) and cap our address space when kvd was
+    given --child-memory-mb (RLIMIT_AS: an allocation past it fails as MemoryError, reported as
+    RESOURCE_EXHAUSTED, instead of the machine swapping or the OOM killer choosing)."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(str(OOM_SCORE_ADJ))
+    except OSError:
+        pass  # not Linux, or not allowed: the memory limit below still holds
+    limit = int(os.environ.get(MEMORY_ENV, "0") or 0)
+    if limit > 0:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def child_main(run: Callable[[dict[str, Any], TextIO], dict[str, Any]],
                errors: Sequence[tuple[type[BaseException], str]], worker: str,
                preload: Callable[[], None] | None = None) -> int:
@@ -262,6 +286,7 @@ def child_main(run: Callable[[dict[str, Any], TextIO], dict[str, Any]],
     ``errors`` maps exception types (checked in order) to protocol kinds; anything else is ``internal``, with
     its traceback in the job's log.
     """
+    limit_self()
     threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
     channel = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything a library prints goes to the log, not into the protocol
@@ -277,7 +302,9 @@ def child_main(run: Callable[[dict[str, Any], TextIO], dict[str, Any]],
         emit(channel, {"ok": False, "kind": "resource_exhausted", "message": f"the {worker} ran out of memory"})
     except Exception as error:  # noqa: BLE001 - reported to the parent, traceback to stderr (the job's log)
         kind = next((k for t, k in errors if isinstance(error, t)), None)
-        if kind is not None:
+        if disk.is_disk_full(error):
+            emit(channel, {"ok": False, "kind": "resource_exhausted", "message": str(disk.disk_full(Path(job.get("out_dir") or job_path).parent))})
+        elif kind is not None:
             emit(channel, {"ok": False, "kind": kind, "message": str(error)})
         else:
             traceback.print_exc()

@@ -23,9 +23,10 @@ CONVERSION = ChildJob(
 )
 
 
-def converter_launcher(warm: bool, label: str = "") -> Launcher:
-    """Converter children; ``warm`` keeps the next one started with TensorFlow imported."""
-    return Launcher(CONVERSION, warm=warm, label=label)
+def converter_launcher(warm: bool, label: str = "", memory_bytes: int = 0) -> Launcher:
+    """Converter children; ``warm`` keeps the next one started with TensorFlow imported; ``memory_bytes`` caps
+    each child's address space (--child-memory-mb)."""
+    return Launcher(CONVERSION, warm=warm, label=label, memory_bytes=memory_bytes)
 
 
 def run_conversion(job: dict[str, Any], workdir: Path, timeout_s: float, launcher: Launcher,

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator
 
 from kvserve.proto.images import Preprocess
 from kvserve.server.uploads import formats
-from kvserve.server.ops import metrics
+from kvserve.server.ops import disk, metrics
 from kvserve.server.uploads.conversion import converter_launcher, run_conversion
 from kvserve.server.errors import FailedPrecondition, InvalidArgument, KvError, ResourceExhausted, Unavailable
 from kvserve.server.models.inherit import Inherited, inherit
@@ -93,7 +93,7 @@ class UploadPipeline:
         self.repository = repository
         self.manager = manager
         self.settings = settings
-        self.launcher = converter_launcher(settings.warm_converter, label=str(repository.root))
+        self.launcher = converter_launcher(settings.warm_converter, label=str(repository.root), memory_bytes=settings.child_memory_bytes)
         self.slots = UploadSlots(settings.max_uploads, settings.upload_queue_s)
         self._active: set[Abandon] = set()
         self._finished = threading.Condition()
@@ -153,9 +153,10 @@ class UploadPipeline:
         abandon = Abandon() if abandon is None else abandon
         stage, outcome = "receiving", "ok"
         started = time.perf_counter()
+        disk.check_floor(self.repository.root, self.settings.min_free_bytes, spec.size)
         with self.slots.slot(), self._tracked(abandon):
             try:
-                for event in self._run(spec, chunks, abandon, inherited):
+                for event in disk.guarded_events(self._run(spec, chunks, abandon, inherited), self.repository.root):
                     stage = event["stage"].lower()
                     yield event
             except KvError as error:
@@ -182,7 +183,9 @@ class UploadPipeline:
             yield {"stage": "RECEIVED", "bytes_received": size, "bytes_total": size, "message": f"{size} bytes, {fmt}"}
             model_source = source
             if fmt == formats.SAVEDMODEL:
-                model_source = formats.extract_savedmodel(source, staging / "savedmodel", self.settings.max_upload_bytes * 4)
+                limit = formats.unpack_limit(size, self.settings.archive_ratio, self.settings.archive_max_bytes)
+                disk.check_floor(staging, self.settings.min_free_bytes, limit)
+                model_source = formats.extract_savedmodel(source, staging / "savedmodel", limit)
             job = {"source": str(model_source), "format": fmt, "out_dir": str(staging), "precision": spec.precision,
                    "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": "TF" in spec.devices,
                    "tolerance": spec.parity_tolerance or None, "preprocess": spec.preprocess or inherited.preprocess,
@@ -295,6 +298,7 @@ class UploadPipeline:
             for chunk in chunks:
                 abandon.check()
                 size += len(chunk)
+                disk.inject("upload")
                 if size > self.settings.max_upload_bytes:
                     raise ResourceExhausted(f"upload exceeds kvd's limit of {self.settings.max_upload_bytes} bytes (--max-upload-mb)")
                 digest.update(chunk)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import grpc
 
 from kvserve.server.api.grpc.interceptors import rewrap, status_of
+from kvserve.server.api.grpc.lenient import OWN_CODEC, lenient_behaviour, lenient_deserializer
 from kvserve.server.ops import metrics
 from kvserve.server.ops.auth import check_token
 from kvserve.server.ops.lifecycle import DRAINING_MESSAGE, EXEMPT_PREFIXES, Lifecycle
@@ -91,9 +92,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             return rewrap(handler, self._refuse(method, refusal), request_deserializer=_raw)
         behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         counted = not exempt
+        deserializer = handler.request_deserializer
+        if method not in OWN_CODEC:  # undecodable bytes: INVALID_ARGUMENT, not gRPC's INTERNAL
+            behaviour = lenient_behaviour(behaviour, method, handler.request_streaming, handler.response_streaming)
+            deserializer = lenient_deserializer(deserializer)
         if inspect.isasyncgenfunction(behaviour):
-            return rewrap(handler, self._streaming(method, behaviour, counted))
-        return rewrap(handler, self._single(method, behaviour, counted))
+            return rewrap(handler, self._streaming(method, behaviour, counted), request_deserializer=deserializer)
+        return rewrap(handler, self._single(method, behaviour, counted), request_deserializer=deserializer)
 
     def _refuse(self, method: str, refusal: Refusal) -> Callable[..., Any]:
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kvserve.server.errors import Cancelled, Internal, ResourceExhausted, Unavailable
 from kvserve.server.ops import metrics
-from kvserve.server.ops.auth import ADMIN, GRANTS, READ, _bearer, _digest
+from kvserve.server.ops.auth import ADMIN, GRANTS, PUBLIC, READ, _bearer, _digest
 from kvserve.server.ops.lifecycle import Lifecycle
 from kvserve.server.ops.logs import event
 from kvserve.server.settings import Settings
@@ -47,8 +47,14 @@ class Door:
     active: int = 0
 
 
+HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
+
+
 def role_for(method: str, path: str) -> str:
-    """Admin for what changes the repository (load, unload); read for everything else."""
+    """Public for the health probes (Kubernetes cannot send tokens); admin for what changes the repository
+    (load, unload); read for everything else."""
+    if method in ("GET", "HEAD") and path.rstrip("/") in HEALTH_PATHS:
+        return PUBLIC
     if method == "POST" and path.startswith("/v2/repository/models/") and path.rstrip("/").endswith(("/load", "/unload")):
         return ADMIN
     return READ
@@ -62,7 +68,7 @@ class AuthMiddleware:
         self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.tokens is None:
+        if scope["type"] != "http" or self.tokens is None or role_for(scope["method"], scope["path"]) == PUBLIC:
             await self.app(scope, receive, send)
             return
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]

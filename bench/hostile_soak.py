@@ -1,0 +1,243 @@
+"""Hostile soak (issue 14): good traffic answered correctly while hostile traffic hits the same kvd.
+
+    python bench/hostile_soak.py [--seconds 60] [--json results.json]
+
+Starts its own kvd on 127.0.0.1 serving the digits CNN as 'steady' (uploaded; trained here unless --model),
+then for --seconds runs at once: 2 good clients inferring on 'steady' and checking every answer against the
+first; a fuzzer sending generated hostile ModelInfer requests (odd names, versions, datatypes, shapes numpy
+cannot hold, broken contents) that must get documented statuses only (never INTERNAL/UNKNOWN); an image bomber
+(13000x13000 PNGs of ~160 KiB and 15,000 1x1 PNGs per request) that must get INVALID_ARGUMENT; a staller
+opening uploads that send a header and nothing, then leave; a deleter uploading 'churn' versions and deleting
+them. kvd's RSS is sampled every 0.5 s; pass = nothing unexpected, peak RSS under the stated bound (RSS after
+warm-up + RSS_BOUND_MIB), exit 0 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RSS_BOUND_MIB = 400  # kvd may grow at most this much over its warmed-up RSS while under attack
+DOCUMENTED = {"INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "UNIMPLEMENTED",
+              "OUT_OF_RANGE", "OK", "UNAVAILABLE"}
+
+
+def _soak_module() -> Any:
+    spec = importlib.util.spec_from_file_location("kvserve_soak", ROOT / "bench" / "soak.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+_PNG_1 = None
+_BOMB_HEAD = None
+
+
+def _small_pngs() -> tuple[bytes, bytes]:
+    global _PNG_1, _BOMB_HEAD
+    if _PNG_1 is None:
+        _PNG_1, _BOMB_HEAD = png(1, 1), png(13000, 13000)[:400]
+    return _PNG_1, _BOMB_HEAD  # type: ignore[return-value]
+
+
+DATATYPES = ["BOOL", "UINT8", "INT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "BF16", "", "fp32", "X" * 300]
+HUGE_DIMS = [0, 1, 8, 2**31, 2**31 - 1, 2**63 - 1, 2**40, 3]
+
+
+def hostile_infer(rng: random.Random, image_input: str) -> Any:
+    """One generated hostile ModelInfer: odd names, versions, datatypes, shapes, contents and parameters."""
+    from kvserve.proto import grpc_service_pb2 as pb
+
+    tiny, bomb_head = _small_pngs()
+    request = pb.ModelInferRequest(model_name=rng.choice(["digits", "steady", "", "nope", "d" * rng.randint(1, 3000), "digits\r\n"]),
+                                   model_version=rng.choice(["", "1", "0", "-1", "9" * rng.randint(1, 5000), "x", "1.5"]))
+    for _ in range(rng.choice([0, 1, 1, 1, 2, 40])):
+        datatype = rng.choice(DATATYPES)
+        shape = [rng.choice(HUGE_DIMS) if rng.random() < 0.3 else rng.randint(0, 9) for _ in range(rng.choice([0, 1, 2, 4, 4, 70]))]
+        tensor = request.inputs.add(name=rng.choice([image_input, image_input, "x", "", "\u2028" * 50]), datatype=datatype, shape=shape)
+        choice = rng.random()
+        if choice < 0.4:
+            request.raw_input_contents.append(rng.randbytes(rng.choice([0, 1, 4, 255, 256, 4096])))
+        elif choice < 0.6:
+            tensor.contents.fp32_contents.extend([rng.random() for _ in range(rng.randint(0, 70))])
+        elif choice < 0.8:
+            tensor.contents.bytes_contents.extend([rng.choice([b"", b"\0", tiny, bomb_head[:rng.randint(0, 400)], rng.randbytes(20)])
+                                                   for _ in range(rng.randint(0, 3))])
+        else:
+            tensor.contents.int64_contents.extend([rng.choice([0, -1, 2**63 - 1]) for _ in range(rng.randint(0, 5))])
+    if rng.random() < 0.2:
+        request.outputs.add(name=rng.choice(["probabilities", "", "zz" * 500])).parameters["classification"].int64_param = rng.choice([0, -1, 2**62, 3])
+    if rng.random() < 0.1:
+        request.raw_input_contents.append(b"extra")
+    return request
+
+
+def run(seconds: float = 60, model: Path | None = None, workdir: Path | None = None, steady_ready: bool = False) -> dict[str, Any]:
+    """Run the hostile soak; returns the figures (``passed`` says whether it met its bounds)."""
+    from kvserve.client import Client
+    from kvserve.proto import grpc_service_pb2 as pb
+    from kvserve.proto import kvserve_service_pb2 as kv
+
+    soak = _soak_module()
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="kvserve-hostile-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    x = soak._inputs()
+    if model is None:
+        model = soak._train(workdir)
+    process, address = soak.start_kvd(workdir)
+    tally = soak.Tally()
+    rss: list[float] = []
+    bomb = np.array([png(13000, 13000)], dtype=object)
+    tiny_many = np.array([png(1, 1)] * 15000, dtype=object)
+    try:
+        with Client(address, timeout=120) as admin:
+            soak._wait_ready(admin)
+            if not steady_ready:
+                admin.upload(model, name="steady")
+            expected = admin.infer("steady", x)["probabilities"]
+            image_input = admin.inference.ModelMetadata(pb.ModelMetadataRequest(name="steady"), timeout=30).inputs[0].name
+            for _ in range(3):  # warm the paths the attack uses, then take the baseline
+                admin.infer("steady", x)
+                try:
+                    admin.infer("steady", {image_input: bomb})
+                except grpc.RpcError:
+                    pass
+            baseline = soak.rss_mb(process.pid)
+            deadline = time.monotonic() + seconds
+
+            def good() -> None:
+                with Client(address, timeout=30) as client:
+                    def step() -> None:
+                        try:
+                            got = client.infer("steady", x)["probabilities"]
+                        except grpc.RpcError as error:
+                            tally.surprise(f"good infer: {error.code().name}: {error.details()}")
+                            return
+                        tally.add("good_infers")
+                        if not np.allclose(got, expected, atol=1e-5):
+                            tally.surprise("steady answered differently")
+                    soak.until(deadline, step, pause=0.002)
+
+            def fuzz() -> None:
+                rng = random.Random(14)
+                with Client(address, timeout=30) as client:
+                    def step() -> None:
+                        try:
+                            client.inference.ModelInfer(hostile_infer(rng, image_input), timeout=30)
+                            code, details = "OK", ""
+                        except grpc.RpcError as error:
+                            code, details = error.code().name, error.details() or ""
+                        tally.add("fuzzed")
+                        if code not in DOCUMENTED or len(details) > 1200:
+                            tally.surprise(f"fuzz: {code}: {details[:200]}")
+                    soak.until(deadline, step)
+
+            def bombs() -> None:
+                with Client(address, timeout=60) as client:
+                    def step() -> None:
+                        for payload in (bomb, bomb, tiny_many):
+                            try:
+                                client.infer("steady", {image_input: payload})
+                                tally.surprise("an image bomb was accepted")
+                            except grpc.RpcError as error:
+                                tally.add("bombs")
+                                if error.code().name not in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"):
+                                    tally.surprise(f"bomb: {error.code().name}: {error.details()}")
+                    soak.until(deadline, step)
+
+            def stall() -> None:
+                with Client(address, timeout=30) as client:
+                    def step() -> None:
+                        def requests() -> Any:
+                            yield kv.UploadRequest(header=kv.UploadHeader(name="stalled", filename="x.h5", size=1000))
+                            time.sleep(2.0)  # a header and nothing, then the client leaves
+                        call = client.kvserve.Upload(requests(), timeout=1.5)
+                        try:
+                            list(call)
+                        except grpc.RpcError as error:
+                            tally.add("stalled_uploads")
+                            if error.code().name not in ("DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"):
+                                tally.surprise(f"stall: {error.code().name}: {error.details()}")
+                    soak.until(deadline, step, pause=0.5)
+
+            def deleter() -> None:
+                with Client(address, timeout=120) as client:
+                    def step() -> None:
+                        try:
+                            client.upload(model, name="churn")
+                            tally.add("uploads")
+                            client.delete("churn")
+                            tally.add("deletes")
+                        except grpc.RpcError as error:
+                            if error.code().name != "RESOURCE_EXHAUSTED":  # the stalled uploads hold the slots
+                                tally.surprise(f"churn: {error.code().name}: {error.details()}")
+                    soak.until(deadline, step, pause=0.5)
+
+            def sample() -> None:
+                while time.monotonic() < deadline:
+                    rss.append(soak.rss_mb(process.pid))
+                    time.sleep(0.5)
+
+            threads = [threading.Thread(target=t, daemon=True) for t in (good, good, fuzz, bombs, stall, deleter, sample)]
+            started = time.monotonic()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(seconds + 300)
+            elapsed = time.monotonic() - started
+            if not np.allclose(admin.infer("steady", x)["probabilities"], expected, atol=1e-5):
+                tally.surprise("steady answered differently at the end")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            exit_code = process.wait(60)
+        except Exception:  # noqa: BLE001 - a hung kvd fails the soak
+            process.kill()
+            exit_code = -9
+    peak = max(rss, default=0.0)
+    figures = {"seconds": seconds, "elapsed_s": round(elapsed, 1), **dict(tally.counts), "baseline_rss_mib": round(baseline),
+               "peak_rss_mib": round(peak), "rss_bound_mib": round(baseline + RSS_BOUND_MIB), "kvd_exit_code": exit_code,
+               "unexpected_errors": tally.unexpected}
+    figures["passed"] = not tally.unexpected and peak <= baseline + RSS_BOUND_MIB and exit_code == 0
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    figures = run(args.seconds, args.model)
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0 if figures["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
