@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-import grpc
 
 from kvserve.server.errors import InvalidArgument
 
