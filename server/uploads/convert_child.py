@@ -93,6 +93,12 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
         extra["timings"] = {"quantize_s": round(time.perf_counter() - started, 3)}
         if feeds is None:  # INT8 parity is judged on the data it was calibrated for
             feeds, feeds_source = calibration, f"calibration set: {extra['quantization']['calibration']}"
+        from kvserve.server.uploads.quantize import calibration_warnings
+
+        advice = calibration_warnings(model.reference, calibration, bool(job.get("calibration_images")), preprocess)
+        for warning in advice:
+            emit(channel, {"stage": "quantizing", "message": warning})
+        extra["warnings"] = [*extra.get("warnings", []), *advice]
     emit(channel, {"stage": "verifying", "message": f"comparing the IR with the original on {feeds_source or 'seeded inputs'}"})
     started = time.perf_counter()
     try:
