@@ -74,7 +74,7 @@ class WebPage:
     def _models(self) -> list[dict[str, Any]]:
         grouped: dict[str, list[dict[str, Any]]] = {}
         for entry in self.manager.entries():
-            manifest = entry.manifest or {}
+            manifest = entry.manifest or self._manifest(entry.name, entry.version)
             parity = manifest.get("parity") or {}
             grouped.setdefault(entry.name, []).append({
                 "version": str(entry.version), "state": entry.state, "reason": entry.reason, "device": entry.backend,
@@ -86,6 +86,13 @@ class WebPage:
                 "benchmark": benchmarks.last_report(entry.name, str(entry.version)) is not None,
             })
         return [{"name": name, "versions": versions} for name, versions in sorted(grouped.items())]
+
+    def _manifest(self, name: str, number: int) -> dict[str, Any]:
+        """A version that is not loaded still has its manifest on disk (precision, parity); unreadable is shown as none."""
+        try:
+            return self.manager.repository.read_manifest(name, number)
+        except (KvError, OSError, ValueError):
+            return {}
 
     async def system(self, request: Request) -> JSONResponse:
         return JSONResponse(await asyncio.to_thread(self._system))

@@ -74,14 +74,14 @@ async function loadSystem() {
     const row = devices.insertRow();
     cell(row, device.name);
     cell(row, device.available ? "yes" : "no", device.available ? "parity-passed" : "muted");
-    cell(row, device.full_name || device.reason);
+    cell(row, device.full_name || device.reason, "wrap");
     cell(row, (device.precisions || []).join(", "));
   }
   const plugins = $("#plugins tbody");
   plugins.innerHTML = "";
   for (const plugin of system.plugins) {
     const row = plugins.insertRow();
-    cell(row, plugin.name);
+    cell(row, plugin.name, "wrap");
     cell(row, plugin.version || "");
     cell(row, (plugin.hooks || []).join(", "));
     cell(row, plugin.builtin ? "built-in" : (plugin.error ? `failed: ${plugin.error}` : ""), plugin.error ? "parity-failed" : "");
@@ -178,9 +178,15 @@ async function loadBenchmark() {
     const value = document.createElement("span");
     const speedups = row.backend in BASELINES ? [] :
       Object.entries(base).map(([b, p50]) => `${(p50 / row.p50_s).toFixed(p50 / row.p50_s < 10 ? 1 : 0)}x vs ${BASELINES[b]}`);
-    value.textContent = [fmtMs(medians[i]), ...speedups].join(" · ");
+    value.textContent = fmtMs(medians[i]);
     bar.append(value);
     grid.append(name, bar);
+    if (speedups.length) {
+      const line = document.createElement("div");
+      line.className = "speedups";
+      line.textContent = speedups.join(" · ");
+      grid.append(line);
+    }
   });
   box.append(grid);
   $("#benchmark-hint").hidden = true;
