@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -72,12 +73,29 @@ def _interceptors(settings: Settings, manager: ModelManager, lifecycle: Lifecycl
     return [*chain, DrainInterceptor(lifecycle), ErrorInterceptor(), InferCodecInterceptor()]
 
 
+def _check_can_listen(address: str) -> None:
+    """Refuse a busy address before anything starts, in one line (grpc would log its own error line first)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or int(port) == 0:
+        return  # grpc reports what it cannot parse; port 0 is always free
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does: TIME_WAIT is not "in use"
+            probe.bind(sockaddr)
+    except OSError as error:
+        raise OSError(f"cannot listen on {address}: {error.strerror or error}; stop the other process or pick another "
+                      "--address (port 0 picks a free one)") from None
+
+
 def build(settings: Settings) -> Daemon:
     """Create everything and bind the ports; nothing is served until ``start``.
 
     Raises OSError (port in use) or ValueError (bad security settings) with a message for the operator.
     """
     check_exposure(settings)
+    _check_can_listen(settings.address)
     credentials = server_credentials(settings)
     repository = Repository(settings.repository)
     removed = repository.clean_staging()
@@ -102,12 +120,18 @@ def build(settings: Settings) -> Daemon:
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(manager, dataplane, settings), server)
     kv_grpc.add_KvServeServicer_to_server(KvServeServicer(manager, uploads, plugins), server)
     health.add_to_server(reporter, server)
-    if credentials is not None:
-        port = server.add_secure_port(settings.address, credentials)
-    else:
-        port = server.add_insecure_port(settings.address)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.address}: address in use or not available")
+    try:
+        if credentials is not None:
+            port = server.add_secure_port(settings.address, credentials)
+        else:
+            port = server.add_insecure_port(settings.address)
+    except RuntimeError:  # grpc's "Failed to bind to address"
+        port = 0
+    if port == 0:  # release what was started (the warm converter child and its thread), or kvd would not exit
+        uploads.launcher.close()
+        manager.close()
+        raise OSError(f"cannot listen on {settings.address}: the address is in use or not available here; stop the other "
+                      "process or pick another --address (port 0 picks a free one)")
     metrics.watch_models(manager)
     metrics_server, metrics_port = metrics.serve(settings.metrics_address) if settings.metrics_address else (None, 0)
     return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port)

@@ -99,12 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         log.error("%s", error)
         return 2
-    except RuntimeError as error:  # grpc's "Failed to bind to address": one line, not a traceback
-        if "bind" not in str(error).lower():
-            raise
-        log.error("cannot listen on %s: the address is in use or not available here; stop the other process or pick "
-                  "another --address (port 0 picks a free one)", settings.address)
-        return 2
     stop, hurry = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

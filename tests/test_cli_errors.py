@@ -87,9 +87,11 @@ def test_client_address_parsing():
     assert parse_address("127.0.0.1") == "127.0.0.1:8500"  # not grpc's silent 443
     assert parse_address("localhost:9000") == "localhost:9000"
     assert parse_address("::1") == "[::1]:8500"
-    for bad in ("http://127.0.0.1:8500", "127.0.0.1:http", "127.0.0.1:70000", ""):
+    for bad in ("http://127.0.0.1:8500", "127.0.0.1:http", "127.0.0.1:70000"):
         with pytest.raises(InvalidAddress):
             Client(bad)
+    with pytest.raises(InvalidAddress):
+        parse_address(" ")
 
 
 # --- kvctl exit codes ------------------------------------------------------------------------------------------
@@ -132,7 +134,7 @@ def test_kvd_on_a_busy_port_says_so_in_one_line(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         done = subprocess.run([KVD, "--repository", str(tmp_path / "repo"), "--address", f"127.0.0.1:{port}",
-                               "--metrics-address", "", "--http-address", ""], capture_output=True, text=True, timeout=120)
+                               "--metrics-address", "", "--http-address", ""], capture_output=True, text=True, timeout=180)
     if "unrecognized arguments: --http-address" in done.stderr:  # before the HTTP door landed
         done = subprocess.run([KVD, "--repository", str(tmp_path / "repo"), "--address", f"127.0.0.1:{port}",
                                "--metrics-address", ""], capture_output=True, text=True, timeout=120)
