@@ -24,7 +24,7 @@ demo-inception: $(STAMP)
 	$(BIN)/python examples/demo_inception.py
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The web page's test drives Debian's chromium through playwright (executable_path=/usr/bin/chromium; never
 # `playwright install`). Installed here where missing; if it cannot be, that one test skips and says why.

@@ -119,7 +119,8 @@ def preprocessing_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--name", help="model name (default: the file name without suffix)")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="IR precision (default: the server's, fp16)")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8"]), default=None,
+              help="auto: the fastest execution whose parity passes (kvd's default); fp16/fp32/int8: exactly that")
 @click.option("--calibration", type=click.Path(exists=True, path_type=Path), help="int8: calibration inputs, a .npy batch or a folder of images")
 @click.option("--hint", "performance_hint", type=click.Choice(["latency", "throughput"], case_sensitive=False), default=None,
               help="OpenVINO performance hint for this model (default: kvd's, throughput)")
@@ -265,7 +266,7 @@ def describe(state: State, name: str, version: str, as_json: bool) -> None:
         ["state", f"{info['state']} on {info['device'] or '-'}"],
         ["why", info["reason"]],
         ["source", f"{manifest['source']['filename']} ({manifest['source']['format']}, sha256 {manifest['source']['sha256'][:12]}…)"],
-        ["precision", manifest.get("precision", "")],
+        ["precision", _precision_line(manifest)],
         ["preprocessing", _preprocess_line(manifest)],
         ["labels", _labels_line(manifest.get("labels"))],
         ["inputs", "; ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in manifest["inputs"])],
@@ -273,6 +274,7 @@ def describe(state: State, name: str, version: str, as_json: bool) -> None:
         ["parity", _parity_line(parity, manifest.get("conversion_error"))],
         ["timings", ", ".join(f"{k} {v}s" for k, v in manifest.get("timings", {}).items())],
     ]
+    rows += [["warning", warning] for warning in manifest.get("warnings") or []]
     _table(["", name], rows)
 
 
@@ -296,11 +298,28 @@ def _labels_line(labels: list[str] | None) -> str:
     return f"{len(labels)}: {shown}{', …' if len(labels) > 5 else ''}"
 
 
+def _precision_line(manifest: dict[str, Any]) -> str:
+    """Weights and execution, and the precision ladder's rungs when it climbed (auto)."""
+    parity = manifest.get("parity") or {}
+    line = f"{manifest.get('precision', '')} weights"
+    if parity.get("execution_precision"):
+        line += f", {parity['execution_precision']} execution"
+    requested = manifest.get("precision_requested")
+    if requested and requested != manifest.get("precision"):
+        line += f" (asked: {requested})"
+    climbed = [r for r in manifest.get("ladder") or [] if r.get("why_next")]
+    if climbed:
+        line += "; tried first: " + "; ".join(f"{r['weights']}/{r['execution']}: {r['why_next']}" for r in climbed)
+    return line
+
+
 def _parity_line(parity: dict[str, Any] | None, conversion_error: str | None = None) -> str:
     if not parity:
         return f"none: not converted ({conversion_error})" if conversion_error else "none"
     agreement = parity.get("top1_agreement")
-    return (f"{'passed' if parity.get('passed') else 'FAILED'}: max abs diff {parity['max_abs_diff']:.3g}, max rel diff "
+    verdict = {"pass": "passed", "fail": "FAILED", "weak": "WEAK (proves nothing)"}.get(parity.get("verdict", ""),
+                                                                                          "passed" if parity.get("passed") else "FAILED")
+    return (f"{verdict}: max abs diff {parity['max_abs_diff']:.3g}, max rel diff "
             f"{parity['max_rel_diff']:.3g} (allowed {parity['tolerance_max_rel_diff']:.3g}), top-1 agreement "
             f"{'-' if agreement is None else f'{agreement:.1%}'} on {parity['samples']} {parity['inputs']}")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kvserve.server.ops.logs import FORMATS, configure
 from kvserve.server.settings import (DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_ADDRESS, PERFORMANCE_HINTS,
-                                     PRECISIONS, Settings, default_repository)
+                                     PRECISIONS, Settings, default_repository, DEFAULT_PRECISION)
 from kvserve.server.version import SERVER_VERSION
 
 
@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--max-batch-size", type=int, default=1024, help="largest batch one infer request may carry (ModelConfig max_batch_size)")
     parser.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
     parser.add_argument("--devices", default="CPU,TF", help="default device preference for uploads")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="default IR precision for uploads")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                        help="default precision for uploads: auto (the fastest execution whose parity passes), fp16, fp32, int8")
     parser.add_argument("--performance-hint", type=str.upper, choices=PERFORMANCE_HINTS, default="",
                         help="OpenVINO hint for models that set none at upload: THROUGHPUT (the default: concurrent clients) or LATENCY (one at a time)")
     parser.add_argument("--conversion-timeout", type=float, default=900.0, help="seconds a conversion may take")
@@ -94,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("kvserve.server")
     from kvserve.server.app import build, start
 
+    from kvserve.plugins.backends.openvino_devices import forced_execution
+
     try:
+        forced_execution()  # a mistyped KVSERVE_INFERENCE_PRECISION stops kvd here, not at the first load
         daemon = build(settings)
     except (OSError, ValueError) as error:
         log.error("%s", error)

@@ -11,8 +11,8 @@ DEFAULT_METRICS_ADDRESS = "127.0.0.1:8502"
 # Large enough for a batch of 16 299x299x3 float images (17 MB) and a 4k RGB float image (100 MB).
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_DEVICES = ("CPU", "TF")
-DEFAULT_PRECISION = "fp16"
-PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_PRECISION = "auto"
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 # OpenVINO performance hints: THROUGHPUT keeps every stream busy under concurrent calls (a shared server);
 # LATENCY gives one call all the cores.
 PERFORMANCE_HINTS = ("THROUGHPUT", "LATENCY")

@@ -24,6 +24,23 @@ sys.path.insert(0, str(ROOT / "examples"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--ov-precision", choices=("auto", "f32", "bf16", "f16"), default=None,
+                     help="force OpenVINO's execution precision for the whole suite, kvd processes included (sets "
+                          "KVSERVE_INFERENCE_PRECISION): f32 runs it as an AVX2-only CPU would, bf16 as one with "
+                          "avx512_bf16 or AMX (where this CPU supports it)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    forced = config.getoption("--ov-precision")
+    if forced:
+        os.environ["KVSERVE_INFERENCE_PRECISION"] = forced  # inherited by every kvd and child process
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"OpenVINO execution precision: {os.environ.get('KVSERVE_INFERENCE_PRECISION') or 'auto (the device default)'}"
+
+
 @dataclass
 class Kvd:
     """A kvd child process started for a test."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
+from conftest import start_kvd
+from plugin_sites import fake_devices_site, pythonpath
 from test_upload_formats import tensorflow_loaded
 
 
@@ -32,24 +35,49 @@ def test_tf_device_serves_the_original_model(kvd_factory, digits):
     assert tensorflow_loaded(kvd.process.pid), "a TF-served model is what brings TensorFlow into kvd"
 
 
-def test_unavailable_devices_are_skipped_with_the_reason_recorded(served_digits, digits):
-    with served_digits.client() as client:
-        manifest = client.upload(digits.paths["h5"], name="prefers-gpu", devices=["GPU", "MYRIAD", "CPU"])
+@pytest.fixture(scope="module")
+def fake_devices_kvd(tmp_path_factory, digits):
+    """A kvd with the simulated NOCARD (never available) and BROKEN (every load fails) devices plugged in."""
+    work = tmp_path_factory.mktemp("fake-devices")
+    kvd = start_kvd(work / "repo", env=pythonpath(fake_devices_site(work / "site")))
+    yield kvd
+    kvd.kill()
+
+
+def test_unavailable_devices_are_skipped_with_the_reason_recorded(fake_devices_kvd, digits):
+    with fake_devices_kvd.client() as client:
+        manifest = client.upload(digits.paths["h5"], name="prefers-card", devices=["NOCARD", "BROKEN", "CPU"])
         reason = manifest["served_by"]["reason"]
         assert manifest["served_by"]["backend"] == "CPU"
-        assert "GPU unavailable: OpenVINO cannot open GPU" in reason and "MYRIAD unavailable" in reason and reason.endswith("served by CPU")
+        assert "NOCARD unavailable: simulated: no such card in this host" in reason
+        assert "BROKEN failed to load it: simulated driver failure" in reason
+        assert re.search(r"served by CPU \((f32|bf16|f16) execution\)$", reason), reason
         index = {(m["name"], m["version"]): m for m in client.list_models()}
-        assert index[("prefers-gpu", "1")]["reason"] == reason
-        assert client.describe("prefers-gpu")["reason"] == reason
-        assert client.metadata("prefers-gpu")["platform"] == "openvino:CPU"
-        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="gpu-only", devices=["GPU"]))
+        assert index[("prefers-card", "1")]["reason"] == reason
+        assert client.describe("prefers-card")["reason"] == reason
+        assert client.metadata("prefers-card")["platform"] == "openvino:CPU"
+        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="card-only", devices=["NOCARD"]))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "no device could serve the model: GPU unavailable" in error.details()
-        assert "gpu-only" not in {m["name"] for m in client.list_models()}
+        assert "no device could serve the model: NOCARD unavailable: simulated: no such card" in error.details()
+        assert "card-only" not in {m["name"] for m in client.list_models()}
 
 
-def test_repository_load_moves_a_model_between_devices(served_digits, digits):
-    with served_digits.client() as client:
+def test_real_devices_report_what_this_host_has(fake_devices_kvd, digits):
+    """GPU and MYRIAD go through the same skip logic whatever this host has: the reason recorded for a device is
+    the one ``kvctl devices`` gives, and an available one serves."""
+    with fake_devices_kvd.client() as client:
+        devices = {d["name"]: d for d in client.devices()}
+        assert {"CPU", "GPU", "MYRIAD", "TF", "NOCARD", "BROKEN"} <= set(devices)
+        manifest = client.upload(digits.paths["h5"], name="prefers-gpu", devices=["GPU", "MYRIAD", "CPU"])
+    reason = manifest["served_by"]["reason"]
+    first_available = next(name for name in ("GPU", "MYRIAD", "CPU") if devices[name]["available"])
+    for name in ("GPU", "MYRIAD")[: ("GPU", "MYRIAD", "CPU").index(first_available)]:
+        assert f"{name} unavailable: {devices[name]['reason']}" in reason
+    assert manifest["served_by"]["backend"] in (first_available, "CPU")
+
+
+def test_repository_load_moves_a_model_between_devices(fake_devices_kvd, digits):
+    with fake_devices_kvd.client() as client:
         client.upload(digits.paths["h5"], name="mover", precision="fp32")
         on_cpu = client.infer("mover", digits.x_test[:32])["probabilities"]
         client.load("mover", devices=["TF"])
@@ -57,8 +85,8 @@ def test_repository_load_moves_a_model_between_devices(served_digits, digits):
         on_tf = client.infer("mover", digits.x_test[:32])["probabilities"]
         client.load("mover", devices=["CPU"])
         assert client.describe("mover")["device"] == "CPU"
-        error = _rpc_error(lambda: client.load("mover", devices=["GPU"]))
-        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "GPU unavailable" in error.details()
+        error = _rpc_error(lambda: client.load("mover", devices=["NOCARD"]))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "NOCARD unavailable" in error.details()
         assert client.describe("mover")["device"] == "CPU", "a failed move keeps the model where it was"
         assert client.model_ready("mover")
     np.testing.assert_allclose(on_cpu, on_tf, atol=1e-5)
@@ -129,16 +157,24 @@ def test_user_samples_drive_the_parity_check(served_digits, digits, tmp_path):
 
 
 def test_corrupted_ir_fails_the_parity_check(kvd_factory, digits):
+    """An IR that answers wrong at every rung of the ladder: served by TF when TF is in the device list, else
+    refused naming the rungs tried, unless --force."""
     kvd = kvd_factory(env={"KVSERVE_TEST_FAULT": "corrupt-ir"})
     with kvd.client() as client:
-        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="corrupt"))
+        fallback = client.upload(digits.paths["h5"], name="corrupt-tf")
+        assert fallback["served_by"]["backend"] == "TF" and fallback["ir"] is None
+        assert "parity failed at every precision tried" in fallback["conversion_error"]
+        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="corrupt", devices=["CPU"]))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "disagrees with the original" in error.details() and "--force" in error.details()
-        assert client.list_models() == []
-        manifest = client.upload(digits.paths["h5"], name="corrupt", force=True)
-        assert manifest["parity"]["passed"] is False
+        assert "disagrees with the original at every precision tried" in error.details() and "--force" in error.details()
+        assert "\n" not in error.details()
+        assert [m["name"] for m in client.list_models()] == ["corrupt-tf"]
+        error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="corrupt", devices=["CPU"], precision="fp16"))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "try --precision auto" in error.details()
+        manifest = client.upload(digits.paths["h5"], name="corrupt", devices=["CPU"], force=True)
+        assert manifest["parity"]["passed"] is False and manifest["parity"]["verdict"] == "fail"
     stored = json.loads((kvd.repository / "corrupt" / "1" / "manifest.json").read_text())
-    assert stored["parity"]["passed"] is False
+    assert stored["parity"]["passed"] is False and [r["verdict"] for r in stored["ladder"]] == ["fail", "fail", "fail"]
 
 
 def test_converter_crash_fails_only_that_upload(kvd_factory, digits):
@@ -164,3 +200,29 @@ def test_unload_then_load_again(served_digits, digits):
         assert client.infer("toggle", digits.x_test[:1])["probabilities"].shape == (1, 10)
         error = _rpc_error(lambda: client.unload("no-such-model"))
         assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_forced_execution_precision_reaches_parity_and_serving(kvd_factory, digits):
+    """KVSERVE_INFERENCE_PRECISION=f32 (what ``pytest --ov-precision f32`` sets) runs an fp16 upload in f32 on any
+    CPU: the parity check, its tolerance and the served model all say so."""
+    kvd = kvd_factory(env={"KVSERVE_INFERENCE_PRECISION": "f32"})
+    with kvd.client() as client:
+        manifest = client.upload(digits.paths["h5"], name="forced")
+        described = client.describe("forced")
+    assert manifest["precision"] == "fp16" and manifest["parity"]["execution_precision"] == "f32"
+    assert manifest["parity"]["tolerance_max_rel_diff"] == pytest.approx(1e-2)
+    assert described["reason"].endswith("served by CPU (f32 execution)")
+
+
+def test_a_mistyped_forced_precision_stops_kvd_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "kvserve.server.main", "--repository", str(tmp_path / "repo"),
+                             "--address", "127.0.0.1:0"], env={**os.environ, "KVSERVE_INFERENCE_PRECISION": "fp8"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "KVSERVE_INFERENCE_PRECISION='fp8'" in lines[0] and "use auto, f32, bf16, f16" in lines[0]
+    assert "Traceback" not in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -38,8 +39,10 @@ def test_queue_bound_and_drops(runner):
         holder.__enter__()  # every slot busy
     waiting = threading.Thread(target=lambda: _use(gate, runner))
     waiting.start()
+    deadline = time.monotonic() + 60
     while gate.waiting("m") < 1:
-        pass
+        assert time.monotonic() < deadline, "the second caller never started waiting"
+        time.sleep(0.001)
     with pytest.raises(ResourceExhausted, match="already has 1 requests queued"):
         with gate.slot("m", runner):
             pass

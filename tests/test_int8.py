@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from kvserve.server.uploads.parity import TOLERANCES
+from kvserve.server.uploads.parity import tolerance_for
 
 KVCTL = Path(sys.executable).with_name("kvctl")
 
@@ -30,7 +30,7 @@ def test_int8_upload_calibrated_on_npy_serves_like_keras(served_digits, digits, 
     assert quantization["synthetic_calibration"] is False and "(.npy, 200)" in quantization["calibration"]
     parity = manifest["parity"]
     assert parity["passed"] and parity["samples"] == 200 and "calibration set" in parity["inputs"]
-    assert parity["tolerance_max_rel_diff"] == TOLERANCES["int8"]
+    assert parity["tolerance_max_rel_diff"] == tolerance_for("int8", parity["execution_precision"])
     assert parity["top1_agreement"] >= 0.95
     assert ("QUANTIZING", "NNCF post-training quantization, calibrated on user calibration data (.npy, 200)") in stages
     assert manifest["timings"]["quantize_s"] > 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kvserve.plugins.types import TensorSpec
-from kvserve.server.uploads.parity import TOLERANCES, compare, parity_report, seeded_inputs
+from kvserve.server.uploads.parity import compare, parity_report, seeded_inputs, tolerance_for
 
 IMAGE = TensorSpec("image", "FP32", (-1, 8, 8, 3))
 
@@ -197,9 +197,17 @@ def perturbed(relative: float):
     return candidate
 
 
-def test_tolerances():
-    assert TOLERANCES["fp32"] < TOLERANCES["fp16"]
-    assert TOLERANCES["fp32"] == pytest.approx(1e-4) and TOLERANCES["fp16"] == pytest.approx(3e-2)
+@pytest.mark.parametrize("weights, execution, expected", [
+    ("fp32", "f32", 1e-4), ("fp16", "f32", 1e-2), ("fp16", "bf16", 3e-2), ("fp16", "f16", 3e-2),
+    ("int8", "bf16", 0.25), ("int8", "f32", 0.25),
+])
+def test_tolerance_follows_weights_and_the_executed_precision(weights, execution, expected):
+    assert tolerance_for(weights, execution) == pytest.approx(expected)
+
+
+def test_an_unknown_execution_precision_gets_the_loosest_float_tolerance():
+    assert tolerance_for("fp16", "unknown") == pytest.approx(3e-2)
+    assert tolerance_for("fp32", "unknown") == pytest.approx(3e-2), "an fp32 IR not known to run in f32 is not held to 1e-4"
 
 
 def test_parity_report_identical_passes():
@@ -207,7 +215,7 @@ def test_parity_report_identical_passes():
     assert report["passed"] is True
     assert report["max_rel_diff"] == 0.0 and report["top1_agreement"] == 1.0
     assert report["samples"] == 8 and report["precision"] == "fp32"
-    assert report["tolerance_max_rel_diff"] == TOLERANCES["fp32"]
+    assert report["tolerance_max_rel_diff"] == tolerance_for("fp32", "f32") and report["execution_precision"] == "f32"
     assert "seed 0" in report["inputs"]
     json.dumps(report)  # goes into the manifest as is
 
@@ -225,20 +233,21 @@ def test_parity_report_feeds_both_models_the_same_seeded_batch():
     np.testing.assert_array_equal(seen[0]["x"], seeded_inputs(SPECS, 3)["x"])
 
 
-@pytest.mark.parametrize("precision, relative, passed", [
-    ("fp32", 0.5e-4, True), ("fp32", 2e-4, False), ("fp32", 1e-2, False),
-    ("fp16", 1e-2, True), ("fp16", 2.9e-2, True), ("fp16", 3.1e-2, False), ("fp16", 0.2, False),
+@pytest.mark.parametrize("precision, execution, relative, passed", [
+    ("fp32", "f32", 0.5e-4, True), ("fp32", "f32", 2e-4, False), ("fp32", "f32", 1e-2, False),
+    ("fp16", "f32", 0.9e-2, True), ("fp16", "f32", 1.1e-2, False),
+    ("fp16", "bf16", 1e-2, True), ("fp16", "bf16", 2.9e-2, True), ("fp16", "bf16", 3.1e-2, False), ("fp16", "bf16", 0.2, False),
 ])
-def test_parity_report_tolerance_per_precision(precision, relative, passed):
-    report = parity_report(reference, perturbed(relative), SPECS, precision)
+def test_parity_report_tolerance_per_precision(precision, execution, relative, passed):
+    report = parity_report(reference, perturbed(relative), SPECS, precision, execution)
     assert report["max_rel_diff"] == pytest.approx(relative, rel=1e-6)
     assert report["passed"] is passed
-    assert report["tolerance_max_rel_diff"] == TOLERANCES[precision]
+    assert report["tolerance_max_rel_diff"] == tolerance_for(precision, execution)
+    assert report["execution_precision"] == execution
 
 
-def test_parity_report_unknown_precision_uses_fp16_tolerance():
-    assert parity_report(reference, reference, SPECS, "bf16")["tolerance_max_rel_diff"] == TOLERANCES["fp16"]
-    assert parity_report(reference, reference, SPECS, "int8")["tolerance_max_rel_diff"] == TOLERANCES["int8"]
+def test_parity_report_int8_keeps_its_own_tolerance():
+    assert parity_report(reference, reference, SPECS, "int8", "bf16")["tolerance_max_rel_diff"] == 0.25
 
 
 @pytest.mark.parametrize("tolerance, passed", [(0.2, True), (0.05, False), (0.0, False)])

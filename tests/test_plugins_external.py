@@ -9,7 +9,6 @@ module raises at import. Every kvd is started through ``kvd_factory`` and stoppe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,20 +17,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from plugin_sites import pythonpath, write_dist
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "kvserve-example-backend"
 KVCTL = Path(sys.executable).parent / "kvctl"
 BUILTIN_DEVICES = {"CPU", "GPU", "MYRIAD", "TF"}
-
-
-def _write_dist(site: Path, dist: str, version: str, entry_points: dict[str, str]) -> None:
-    """A minimal installed distribution: what importlib.metadata needs to find its entry points."""
-    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[kvserve]\n{lines}")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,7 @@ def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.rmtree(site, ignore_errors=True)
         site.mkdir()
         shutil.copy(source / "kvserve_example_backend.py", site)
-        _write_dist(site, "kvserve-example-backend", "0.1.0", {"example": "kvserve_example_backend"})
+        write_dist(site, "kvserve-example-backend", "0.1.0", {"example": "kvserve_example_backend"})
     assert (site / "kvserve_example_backend.py").is_file()
     assert "example = kvserve_example_backend" in next(site.glob("*.dist-info/entry_points.txt")).read_text()
     return site
@@ -64,7 +55,7 @@ def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A plugin whose module raises at import."""
     site = tmp_path_factory.mktemp("broken-plugin")
     (site / "kvserve_broken_plugin.py").write_text('raise RuntimeError("boom")\n')
-    _write_dist(site, "kvserve-broken-plugin", "0.0.1", {"broken": "kvserve_broken_plugin"})
+    write_dist(site, "kvserve-broken-plugin", "0.0.1", {"broken": "kvserve_broken_plugin"})
     return site
 
 
@@ -72,10 +63,6 @@ def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _no_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
     """kvd inherits this process's environment: a KVSERVE_PLUGINS set by the developer must not leak in."""
     monkeypatch.delenv("KVSERVE_PLUGINS", raising=False)
-
-
-def _pythonpath(*sites: Path) -> dict[str, str]:
-    return {"PYTHONPATH": os.pathsep.join([str(s) for s in sites] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
 
 
 def _kvctl_json(address: str, *command: str) -> object:
@@ -89,7 +76,7 @@ def _by_name(rows: list[dict]) -> dict[str, dict]:
 
 
 def test_example_backend_serves_digits(kvd_factory, example_site, digits) -> None:
-    kvd = kvd_factory(env=_pythonpath(example_site))
+    kvd = kvd_factory(env=pythonpath(example_site))
     with kvd.client(timeout=120) as client:
         devices = _by_name(client.devices())
         assert BUILTIN_DEVICES <= set(devices), devices.keys()
@@ -127,7 +114,7 @@ def test_example_backend_serves_digits(kvd_factory, example_site, digits) -> Non
 
 
 def test_broken_plugin_is_reported_not_fatal(kvd_factory, example_site, broken_site) -> None:
-    kvd = kvd_factory(env=_pythonpath(broken_site, example_site))
+    kvd = kvd_factory(env=pythonpath(broken_site, example_site))
     assert kvd.process.poll() is None
     with kvd.client() as client:
         assert client.ready()
@@ -147,7 +134,7 @@ def test_broken_plugin_is_reported_not_fatal(kvd_factory, example_site, broken_s
 
 @pytest.mark.parametrize("allow", ["broken", "some-other-plugin"])
 def test_allow_list_excludes_example(kvd_factory, example_site, broken_site, allow: str) -> None:
-    kvd = kvd_factory(env={**_pythonpath(example_site, broken_site), "KVSERVE_PLUGINS": allow})
+    kvd = kvd_factory(env={**pythonpath(example_site, broken_site), "KVSERVE_PLUGINS": allow})
     with kvd.client() as client:
         devices = _by_name(client.devices())
         assert "CPU_LATENCY" not in devices
@@ -165,7 +152,7 @@ def test_allow_list_excludes_example(kvd_factory, example_site, broken_site, all
 
 
 def test_allow_list_admits_example_only(kvd_factory, example_site, broken_site) -> None:
-    kvd = kvd_factory(env={**_pythonpath(example_site, broken_site), "KVSERVE_PLUGINS": " example , "})
+    kvd = kvd_factory(env={**pythonpath(example_site, broken_site), "KVSERVE_PLUGINS": " example , "})
     with kvd.client() as client:
         assert _by_name(client.devices())["CPU_LATENCY"]["available"]
         plugins = _by_name(client.plugins())
@@ -209,8 +196,8 @@ def test_plugin_failing_after_import_is_not_fatal(kvd_factory, tmp_path, case: s
     site = tmp_path / "site"
     site.mkdir()
     (site / f"kvserve_{case}.py").write_text(MISBEHAVING[case])
-    _write_dist(site, f"kvserve-{case}", "0.0.1", {case: f"kvserve_{case}"})
-    kvd = kvd_factory(env=_pythonpath(site), timeout=60)
+    write_dist(site, f"kvserve-{case}", "0.0.1", {case: f"kvserve_{case}"})
+    kvd = kvd_factory(env=pythonpath(site), timeout=60)
     with kvd.client() as client:
         devices = _by_name(client.devices())
         assert devices["CPU"]["available"] and devices["TF"]["available"]

@@ -9,6 +9,7 @@ bytes) are copied once into the request's input tensor, the one copy a request c
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Any, Mapping
@@ -17,6 +18,9 @@ import numpy as np
 
 from kvserve.plugins.hookspecs import hookimpl
 from kvserve.plugins.types import Availability, LoadRequest, TensorSpec
+
+PRECISION_ENV = "KVSERVE_INFERENCE_PRECISION"
+EXECUTION_PRECISIONS = ("f32", "bf16", "f16")
 
 _core_lock = threading.Lock()
 _core: Any = None
@@ -41,12 +45,48 @@ def _init_numpy_bridge(ov: Any) -> None:
     ov.Tensor(np.zeros(1, dtype=np.float32)).data  # noqa: B018 - the access is the point
 
 
+def forced_execution() -> str | None:
+    """The execution precision ``KVSERVE_INFERENCE_PRECISION`` forces on every model (``auto`` or unset: none).
+
+    It lets one machine run the suite as each CPU family would: f32 as on an AVX2-only CPU, bf16 as on one with
+    avx512_bf16 or AMX. Raises ValueError naming the accepted values.
+    """
+    value = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if value in ("", "auto", "default"):
+        return None
+    if value not in EXECUTION_PRECISIONS:
+        raise ValueError(f"{PRECISION_ENV}={value!r} is not an execution precision; use auto, {', '.join(EXECUTION_PRECISIONS)}")
+    return value
+
+
+def execution_config(weights: str, required: str | None = None) -> dict[str, str]:
+    """OpenVINO's INFERENCE_PRECISION_HINT for a model with ``weights`` precision.
+
+    fp32 weights always execute in f32 (the user asked for exact answers), as does a model whose manifest
+    requires it (``required``: parity failed at the device's default). Otherwise the forced precision, else none:
+    the device picks its fastest, which is bf16 on every CPU with avx512_bf16 or AMX and f32 elsewhere.
+    """
+    if weights == "fp32" or required == "f32":
+        return {"INFERENCE_PRECISION_HINT": "f32"}
+    forced = forced_execution()
+    return {"INFERENCE_PRECISION_HINT": forced} if forced else {}
+
+
+def executed_precision(compiled: Any) -> str:
+    """What the compiled model really executes in (``f32``, ``bf16``, ``f16``): tolerances derive from this."""
+    try:
+        return str(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
+    except Exception:  # noqa: BLE001 - a device without the property
+        return "unknown"
+
+
 class OpenVINORunner:
     """Thread-safe inference on one compiled model through a pool of infer requests."""
 
     def __init__(self, compiled: Any, outputs: list[TensorSpec], device: str) -> None:
         self.compiled = compiled
         self.device = device
+        self.execution_precision = executed_precision(compiled)
         self.output_names = [spec.name for spec in outputs]
         self.nireq = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -97,8 +137,7 @@ class OpenVINOBackend:
 
     def compile_config(self, request: LoadRequest) -> dict[str, str]:
         config = {"PERFORMANCE_HINT": "THROUGHPUT", "CACHE_DIR": str(request.cache_dir)}
-        if request.manifest.get("precision") == "fp32":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+        config.update(execution_config(str(request.manifest.get("precision", "")), request.manifest.get("execution_required")))
         config.update(request.config)
         return config
 

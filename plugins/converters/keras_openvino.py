@@ -110,7 +110,7 @@ class KerasOpenVINOConverter:
             return {spec.name: np.asarray(value) for spec, value in zip(outputs, result)}
 
         return SourceModel(inputs, outputs, reference, model, {"kind": "keras", "keras_class": type(model).__name__, "model_name": model.name,
-                                                          "layers": len(model.layers)})
+                                                          "layers": len(model.layers), "input_hints": _input_hints(model, inputs)})
 
     # --- SavedModel ---------------------------------------------------------------------------------
     def _load_savedmodel(self, source: Path) -> SourceModel:
@@ -133,6 +133,46 @@ class KerasOpenVINOConverter:
             return {name: value.numpy() for name, value in result.items()}
 
         return SourceModel(inputs, outputs, reference, source, {"kind": "savedmodel", "signature": "serving_default"})
+
+
+def _all_layers(model: Any) -> list[Any]:
+    """Every layer, nested models' included."""
+    found, stack = [], list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop(0)
+        found.append(layer)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return found
+
+
+def _input_hints(model: Any, inputs: list[TensorSpec]) -> dict[str, dict[str, Any]]:
+    """What real inputs look like, for parity inputs that prove something (server/uploads/parity_inputs.py):
+    integer inputs feeding an Embedding are tokens below its ``input_dim``; string inputs get a TextVectorization
+    or StringLookup vocabulary; image inputs of a model that rescales pixels itself (Rescaling by ~1/255 or
+    1/127.5, as EfficientNet, ConvNeXt and MobileNetV3 do) are 0-255 pixels."""
+    layers = _all_layers(model)
+    kinds = {type(layer).__name__ for layer in layers}
+    vocabularies = [int(layer.input_dim) for layer in layers if type(layer).__name__ == "Embedding"]
+    words: list[str] = []
+    for layer in layers:
+        if type(layer).__name__ in ("TextVectorization", "StringLookup") and hasattr(layer, "get_vocabulary"):
+            try:
+                words = [str(w) for w in layer.get_vocabulary()[:2000]]
+            except Exception:  # noqa: BLE001 - an unadapted layer has no vocabulary
+                words = []
+            if words:
+                break
+    rescales = [float(np.mean(getattr(layer, "scale", 1.0))) for layer in layers if type(layer).__name__ == "Rescaling"]
+    pixels = any(0 < s <= 1 / 100 for s in rescales) or "Normalization" in kinds and len(rescales) > 0
+    hints: dict[str, dict[str, Any]] = {}
+    for spec in inputs:
+        if spec.datatype.startswith(("INT", "UINT")) and vocabularies:
+            hints[spec.name] = {"kind": "tokens", "high": min(vocabularies)}
+        elif spec.datatype == "BYTES":
+            hints[spec.name] = {"kind": "strings", "vocabulary": words}
+        elif spec.datatype.startswith("FP") and len(spec.shape) == 4 and pixels:
+            hints[spec.name] = {"kind": "pixels"}
+    return hints
 
 
 def _name_ports(ports: list[Any], specs: list[TensorSpec], kind: str) -> None:

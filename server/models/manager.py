@@ -108,7 +108,9 @@ class ModelManager:
                 log.warning("loading %s on %s failed: %s", model_dir, device, error)
                 skipped.append(f"{device} failed to load it: {str(error).splitlines()[0][:300] if str(error) else type(error).__name__}")
                 continue
-            return runner, device, "; ".join(skipped + [f"served by {device}"])
+            execution = getattr(runner, "execution_precision", "")
+            served = f"served by {device}" + (f" ({execution} execution)" if execution else "")
+            return runner, device, "; ".join(skipped + [served])
         raise FailedPrecondition("no device could serve the model: " + "; ".join(skipped) + f" (preference: {','.join(preference)})")
 
     def runtime_config(self, manifest: Mapping[str, Any]) -> dict[str, str]:

@@ -28,17 +28,19 @@ def _corrupt_weights(bin_path: Path) -> None:
     bin_path.write_bytes(noise.tobytes())
 
 
-def _ir_predictor(xml: Path, precision: str) -> Any:
+def _ir_predictor(xml: Path, precision: str, required: str | None = None) -> tuple[Any, str]:
+    """The IR compiled on the CPU as kvd will serve it, and the precision it really executes in."""
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": "f32"} if precision == "fp32" else {}
-    compiled = ov.Core().compile_model(str(xml), "CPU", config)
+    from kvserve.plugins.backends.openvino_devices import executed_precision, execution_config
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", execution_config(precision, required))
 
     def predict(feeds: dict[str, Any]) -> dict[str, Any]:
         result = compiled(feeds)
         return {port.get_any_name(): value for port, value in result.items()}
 
-    return predict
+    return predict, executed_precision(compiled)
 
 
 def converter_for(fmt: str) -> Any:
@@ -51,15 +53,24 @@ def converter_for(fmt: str) -> Any:
     return converters[0]
 
 
-def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
-    from kvserve.server.uploads.parity import parity_report, sample_feeds
+# The precision ladder: (weights stored in the IR, execution precision required; None = the device's fastest).
+# ``auto`` climbs it until parity passes; an explicit precision is exactly one rung.
+LADDERS: dict[str, list[tuple[str, str | None]]] = {
+    "auto": [("fp16", None), ("fp16", "f32"), ("fp32", "f32")],
+    "fp16": [("fp16", None)],
+    "fp32": [("fp32", "f32")],
+    "int8": [("int8", None)],
+}
 
+
+def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     fault = os.environ.get("KVSERVE_TEST_FAULT", "")
     if fault == "converter-crash":  # test-only fault injection: a converter that dies hard
         os.kill(os.getpid(), 11)
     fmt = job["format"]
     converter = converter_for(fmt)
-    options = ConversionOptions(precision=job["precision"], allow_unsafe_deserialization=job["allow_unsafe"])
+    requested = job["precision"]
+    options = ConversionOptions(precision=requested, allow_unsafe_deserialization=job["allow_unsafe"])
     emit(channel, {"stage": "converting", "message": f"{converter.name}: reading the {fmt} model"})
     faults.pause("slow-convert", 30.0)  # test-only: a conversion long enough to kill kvd or the client during it
     started = time.perf_counter()
@@ -67,57 +78,127 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     preprocess = _preprocess(job.get("preprocess"), model.details.get("model_name", ""), model.inputs)
     signature = {"inputs": [s.to_dict() for s in model.inputs], "outputs": [s.to_dict() for s in model.outputs],
                  "preprocess": preprocess}
-    weights = "fp32, then int8" if options.precision == "int8" else options.precision
-    emit(channel, {"stage": "converting", "message": f"{converter.name}: {fmt} -> OpenVINO IR ({weights})"})
+    describe = {"name": converter.name, **_framework_versions(), **model.details}
     try:
-        xml = converter.convert(model, Path(job["out_dir"]), options)  # int8: FP32 weights, quantized below
+        climbed = _climb(job, channel, converter, model, preprocess, requested, started)
+        return {**signature, **climbed, "converter": {**describe, "openvino": climbed.pop("openvino")}}
     except ConversionFailed as error:
         if not job.get("fallback_allowed"):
             raise
-        return {**signature, "ir": None, "conversion_error": str(error), "parity": None,
-                "converter": {"name": converter.name, **_framework_versions()},
-                "timings": {"convert_s": round(time.perf_counter() - started, 3)}}
-    convert_s = time.perf_counter() - started
-    if fault == "corrupt-ir":
-        _corrupt_weights(xml.with_suffix(".bin"))
-    feeds, feeds_source = None, ""
-    if job.get("samples_npy") or job.get("sample_images"):
-        try:
-            feeds, feeds_source = sample_feeds(model.inputs, job.get("samples_npy"), job.get("sample_images"), preprocess)
-        except (ValueError, OSError) as error:
-            raise ModelRejected(f"the parity samples cannot be used: {error}") from None
-    extra: dict[str, Any] = {}
-    if options.precision == "int8":
-        started = time.perf_counter()
-        calibration, extra = _quantize(channel, model, xml, job, preprocess)
-        extra["timings"] = {"quantize_s": round(time.perf_counter() - started, 3)}
-        if feeds is None:  # INT8 parity is judged on the data it was calibrated for
-            feeds, feeds_source = calibration, f"calibration set: {extra['quantization']['calibration']}"
-        from kvserve.server.uploads.quantize import calibration_warnings
+        emit(channel, {"stage": "converting", "message": f"{error}; falling back to the TF backend"})
+        return {**signature, "ir": None, "conversion_error": str(error), "parity": None, "converter": describe,
+                "precision": "fp32", "timings": {"convert_s": round(time.perf_counter() - started, 3)}}
 
-        advice = calibration_warnings(model.reference, calibration, bool(job.get("calibration_images")), preprocess)
-        for warning in advice:
-            emit(channel, {"stage": "quantizing", "message": warning})
-        extra["warnings"] = [*extra.get("warnings", []), *advice]
-    emit(channel, {"stage": "verifying", "message": f"comparing the IR with the original on {feeds_source or 'seeded inputs'}"})
-    started = time.perf_counter()
-    try:
-        report = parity_report(model.reference, _ir_predictor(xml, options.precision), model.inputs, options.precision,
-                               batch=int(job.get("parity_batch", 8)), tolerance=job.get("tolerance"), feeds=feeds,
-                               feeds_source=feeds_source)
-    except ValueError as error:  # the IR answers in another shape or misses an output
-        raise ConversionFailed(f"the converted model does not answer like the original: {error}") from None
-    verify_s = time.perf_counter() - started
+
+def _climb(job: dict[str, Any], channel: TextIO, converter: Any, model: Any, preprocess: dict[str, Any], requested: str,
+           started: float) -> dict[str, Any]:
+    """Convert and verify rung by rung; the first rung whose parity passes (or is weak at the most exact rung)
+    wins. Raises ConversionFailed when OpenVINO cannot convert or run the model, or (auto, TF allowed) no rung
+    passes, so the caller can fall back to TF."""
+    from kvserve.server.uploads import parity_inputs
+    from kvserve.server.uploads.parity import parity_report, sample_feeds
+
     import openvino as ov
 
-    return {
-        **signature,
-        **extra,
-        "ir": {"xml": xml.name, "bin": xml.with_suffix(".bin").name},
-        "converter": {"name": converter.name, "openvino": ov.__version__, **_framework_versions(), **model.details},
-        "parity": report,
-        "timings": {"convert_s": round(convert_s, 3), **extra.get("timings", {}), "verify_s": round(verify_s, 3)},
-    }
+    out_dir = Path(job["out_dir"])
+    user = None
+    if job.get("samples_npy") or job.get("sample_images"):
+        try:
+            user = sample_feeds(model.inputs, job.get("samples_npy"), job.get("sample_images"), preprocess)
+        except (ValueError, OSError) as error:
+            raise ModelRejected(f"the parity samples cannot be used: {error}") from None
+    hints = model.details.get("input_hints", {})
+    extra: dict[str, Any] = {"timings": {}}
+    ladder, chosen, converted = [], None, {}
+    convert_s = verify_s = 0.0
+    chosen_inputs = None
+    for weights, required in LADDERS[requested]:
+        if weights not in converted:
+            step = time.perf_counter()
+            emit(channel, {"stage": "converting", "message": f"{converter.name}: {job['format']} -> OpenVINO IR "
+                                                            f"({'fp32, then int8' if weights == 'int8' else weights} weights)"})
+            try:
+                xml = converter.convert(model, out_dir, ConversionOptions(precision=weights, allow_unsafe_deserialization=job["allow_unsafe"]))
+            except (ConversionFailed, ModelRejected):
+                raise
+            except Exception as error:  # noqa: BLE001 - a converter plugin's own failure is a conversion failure
+                raise ConversionFailed(f"{converter.name} could not convert the model: {_first_line(error)}") from None
+            if os.environ.get("KVSERVE_TEST_FAULT", "") == "corrupt-ir":
+                _corrupt_weights(xml.with_suffix(".bin"))
+            convert_s += time.perf_counter() - step
+            if weights == "int8":
+                step = time.perf_counter()
+                calibration, extra = _quantize(channel, model, xml, job, preprocess)
+                extra["timings"] = {"quantize_s": round(time.perf_counter() - step, 3)}
+                if user is None:  # INT8 parity is judged on the data it was calibrated for
+                    user = (calibration, f"calibration set: {extra['quantization']['calibration']}")
+                from kvserve.server.uploads.quantize import calibration_warnings
+
+                advice = calibration_warnings(model.reference, calibration, bool(job.get("calibration_images")), preprocess)
+                for warning in advice:
+                    emit(channel, {"stage": "quantizing", "message": warning})
+                extra["warnings"] = [*extra.get("warnings", []), *advice]
+            converted = {weights: xml}
+        step = time.perf_counter()
+        if chosen_inputs is None:
+            try:
+                chosen_inputs = parity_inputs.choose(model.reference, model.inputs, int(job.get("parity_batch", 8)), preprocess,
+                                                     hints, user)
+            except ValueError as error:
+                raise ModelRejected(f"the parity check cannot run the original model: {error}") from None
+        emit(channel, {"stage": "verifying", "message": f"comparing the IR ({_rung_name(weights, required)}) with the original "
+                                                       f"on {chosen_inputs.description}"})
+        try:
+            predict, execution = _ir_predictor(converted[weights], weights, required)
+            report = parity_report(model.reference, predict, model.inputs, weights, execution,
+                                   tolerance=job.get("tolerance"), feeds=chosen_inputs.feeds,
+                                   feeds_source=chosen_inputs.description, reference_outputs=chosen_inputs.reference_outputs,
+                                   weak=chosen_inputs.weak)
+        except ValueError as error:  # the IR answers in another shape or misses an output
+            raise ConversionFailed(f"the converted model does not answer like the original: {error}") from None
+        except RuntimeError as error:  # OpenVINO could not compile or run the IR
+            raise ConversionFailed(f"OpenVINO could not run the converted model: {_first_line(error)}") from None
+        verify_s += time.perf_counter() - step
+        if chosen_inputs.tried:
+            report["inputs_tried"] = chosen_inputs.tried
+        rung = {"weights": weights, "execution": execution, "verdict": report["verdict"],
+                "max_rel_diff": report["max_rel_diff"], "tolerance": report["tolerance_max_rel_diff"]}
+        ladder.append(rung)
+        chosen = (weights, required, report)
+        last = (weights, required) == LADDERS[requested][-1]
+        if report["verdict"] == "pass" or (report["verdict"] == "weak" and last):
+            break
+        if not last:
+            why = "proves nothing (weak parity inputs)" if report["verdict"] == "weak" else (
+                f"max rel diff {report['max_rel_diff']:.3g} > {report['tolerance_max_rel_diff']:.3g}")
+            rung["why_next"] = why
+            emit(channel, {"stage": "verifying", "message": f"{_rung_name(weights, required)} {why}; trying the next precision"})
+    weights, required, report = chosen
+    if requested == "auto" and report["verdict"] == "fail" and job.get("fallback_allowed"):
+        raise ConversionFailed(f"parity failed at every precision tried ({'; '.join(_rung_line(r) for r in ladder)})")
+    return {**extra,
+            "ir": {"xml": converted[weights].name, "bin": converted[weights].with_suffix(".bin").name},
+            "precision": weights,
+            "precision_requested": requested,
+            "execution_required": required,
+            "ladder": ladder,
+            "parity": report,
+            "openvino": ov.__version__,
+            "timings": {"convert_s": round(convert_s, 3), **extra.get("timings", {}), "verify_s": round(verify_s, 3),
+                        "total_s": round(time.perf_counter() - started, 3)}}
+
+
+def _rung_name(weights: str, required: str | None) -> str:
+    return f"{weights} weights, {required or 'the device default'} execution"
+
+
+def _rung_line(rung: dict[str, Any]) -> str:
+    return f"{rung['weights']} weights in {rung['execution']}: {rung['verdict']}, max rel diff {rung['max_rel_diff']:.3g}"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().startswith(("Exception from", "Check '"))]
+    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 def _preprocess(requested: dict[str, Any] | None, model_name: str, inputs: list[Any]) -> dict[str, Any]:

@@ -202,13 +202,13 @@ class UploadPipeline:
             parity = result["parity"]
             if result.get("conversion_error"):
                 yield {"stage": "CONVERTING", "message": f"{result['conversion_error']}; the original model will be served by TF"}
-            elif not parity["passed"] and not spec.force:
-                raise FailedPrecondition(
-                    f"the converted model disagrees with the original: max rel diff {parity['max_rel_diff']:.3g} > "
-                    f"{parity['tolerance_max_rel_diff']:.3g} allowed for {spec.precision}; try --precision fp32, or "
-                    "--force to accept it"
-                )
-            manifest = self._manifest(spec, fmt, source, digest, size, result, timings)
+            elif parity["verdict"] == "fail" and not spec.force:
+                raise FailedPrecondition(_disagreement(spec.precision, parity, result.get("ladder") or []))
+            warnings = list(result.get("warnings", []))
+            if parity and parity["verdict"] == "weak":
+                warnings.append(f"the parity check is weak: {parity['weak']}; give --sample inputs like the real ones to prove the IR")
+                yield {"stage": "VERIFYING", "message": warnings[-1]}
+            manifest = self._manifest(spec, fmt, source, digest, size, {**result, "warnings": warnings}, timings)
             if spec.labels:
                 manifest["labels"] = parse_labels(spec.labels, spec.labels_filename)
                 check_count(manifest["labels"], manifest["outputs"])
@@ -267,7 +267,10 @@ class UploadPipeline:
             "source": {"format": fmt, "filename": Path(spec.filename).name, "file": source.name, "sha256": digest, "bytes": size},
             "inputs": result["inputs"],
             "outputs": result["outputs"],
-            "precision": spec.precision,
+            "precision": result.get("precision", spec.precision),
+            "precision_requested": spec.precision,
+            "execution_required": result.get("execution_required"),
+            "ladder": result.get("ladder", []),
             "devices": spec.devices,
             "ir": result["ir"],
             "converter": result["converter"],
@@ -280,3 +283,15 @@ class UploadPipeline:
             "performance_hint": spec.performance_hint or None,
             "timings": {**timings, **result["timings"]},
         }
+
+
+def _disagreement(requested: str, parity: dict[str, Any], ladder: list[dict[str, Any]]) -> str:
+    """One line saying how far the IR is off and what to do instead."""
+    figures = (f"max rel diff {parity['max_rel_diff']:.3g} > {parity['tolerance_max_rel_diff']:.3g} allowed for "
+               f"{parity['precision']} weights in {parity['execution_precision']} execution")
+    if requested == "auto":
+        tried = ", ".join(f"{r['weights']}/{r['execution']}" for r in ladder)
+        return (f"the converted model disagrees with the original at every precision tried ({tried}; last: {figures}); "
+                "add TF to --devices to serve the original model, or --force to accept it")
+    better = "--precision auto (falls back to f32 execution, then fp32 weights)" if requested != "fp32" else "--devices CPU,TF"
+    return f"the converted model disagrees with the original: {figures}; try {better}, or --force to accept it"

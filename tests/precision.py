@@ -1,0 +1,26 @@
+"""How far a served answer may be from Keras's: what the product promises for the precision that really ran.
+
+Tests never pick a tolerance from the machine they run on; they read the execution precision kvd recorded
+(the manifest's parity report) and hold the answer to the same bound the upload's parity check used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from kvserve.server.uploads.parity import tolerance_for
+
+
+def promised(manifest: Mapping[str, Any]) -> float:
+    """The max rel diff kvd promises for this upload (its weights and the precision it executed in)."""
+    parity = manifest["parity"]
+    return tolerance_for(manifest["precision"], parity.get("execution_precision", "unknown"))
+
+
+def rel_diff(served: np.ndarray, reference: np.ndarray) -> float:
+    """Max abs diff over the reference's spread, as the product's parity check measures it."""
+    reference = np.asarray(reference, dtype=np.float64)
+    spread = float(np.ptp(reference)) or float(np.max(np.abs(reference))) or 1.0
+    return float(np.max(np.abs(np.asarray(served, dtype=np.float64) - reference)) / spread)
