@@ -25,6 +25,15 @@ def _fps_text(fps: float) -> str:
     return f"{fps:,.0f}/s" if fps >= 100 else f"{fps:.1f}/s"
 
 
+def _log_limits(values: list[float], long_text: list[bool]) -> tuple[float, float]:
+    """Log-axis limits leaving room after each bar for its text: long (speedup) labels need half the width."""
+    import math
+
+    low = min(values) / 2
+    width = max(math.log10(v / low) / (0.45 if long else 0.75) for v, long in zip(values, long_text))
+    return low, low * 10 ** max(width, 1.0)
+
+
 def title_lines(report: dict[str, Any], facts: dict[str, str]) -> tuple[str, str]:
     """(title, subtitle): the model and its precision; the CPU, date, iterations, batch, and where it ran."""
     batch = report["results"][0].get("batch", 1) if report["results"] else 1
@@ -53,7 +62,7 @@ def write_plot(report: dict[str, Any], path: Path, facts: dict[str, str] | None 
 
     latency.barh(positions, latencies, color=colors)
     latency.set_xscale("log")
-    latency.set_xlim(min(latencies) / 3, max(latencies) * 400)  # room for the value and speedup text
+    latency.set_xlim(*_log_limits(latencies, [r["backend"] not in BASELINES for r in rows]))
     for y, row, ms in zip(positions, rows, latencies):
         text = f"{_ms_text(ms)} (avg {_ms_text(row['avg_s'] * 1e3)})"
         if row["backend"] not in BASELINES:
@@ -66,7 +75,7 @@ def write_plot(report: dict[str, Any], path: Path, facts: dict[str, str] | None 
 
     throughput.barh(positions, rates, color=colors)
     throughput.set_xscale("log")
-    throughput.set_xlim(min(rates) / 3, max(rates) * 12)
+    throughput.set_xlim(*_log_limits(rates, [False] * len(rates)))
     for y, fps in zip(positions, rates):
         throughput.text(fps * 1.12, y, _fps_text(fps), va="center", fontsize=9)
     throughput.set_xlabel("inputs per second (log scale; higher is better)")
