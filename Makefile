@@ -13,6 +13,9 @@ $(BIN)/python:
 # Reinstall when the dependency list changes; the package itself is installed editable.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[server,dev]'
+	# TF Serving's client stubs, for the TF Serving API tests: its `tensorflow` requirement would replace
+	# tensorflow-cpu, which already provides the `tensorflow` package the stubs import.
+	$(BIN)/pip install --quiet --no-deps tensorflow-serving-api==2.21.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -119,6 +119,14 @@ def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> n
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
+def array_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np.ndarray:
+    """A tensor from the protocol's raw little-endian layout (also Triton's HTTP binary-data extension), every
+    size checked against the shape."""
+    if datatype not in DATATYPES:
+        raise TensorError(f"input '{name}': unknown datatype '{datatype}'; use one of {', '.join(DATATYPES)}")
+    return _from_raw(name, datatype, _check_shape(name, shape), raw)
+
+
 def _from_typed(name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents) -> np.ndarray:
     field = CONTENTS_FIELDS.get(datatype)
     if field is None:

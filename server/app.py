@@ -24,6 +24,7 @@ from kvserve.server.api.grpc.infer_codec import InferCodecInterceptor
 from kvserve.server.api.grpc.inference import InferenceServicer
 from kvserve.server.api.grpc.interceptors import ErrorInterceptor
 from kvserve.server.api.grpc.kvserve import KvServeServicer
+from kvserve.server.api.grpc import tfserving
 from kvserve.server.ops.lifecycle import DrainInterceptor, Lifecycle
 from kvserve.server.ops.limits import InferGate
 from kvserve.server.models.manager import ModelManager
@@ -48,6 +49,7 @@ class Daemon:
     uploads: UploadPipeline | None = None
     metrics_server: Any = None
     metrics_port: int = 0
+    http: Any = None  # kvserve.server.api.rest.serve.HttpServer, or None when --http-address is ''
 
     def stop(self, grace: float | None = None, hurry: threading.Event | None = None) -> None:
         """Drain: health NOT_SERVING, new calls UNAVAILABLE, uploads abandoned, running calls get ``grace`` s."""
@@ -56,6 +58,8 @@ class Daemon:
             self.lifecycle.drain()
             if not self.lifecycle.wait_idle(grace, hurry):
                 log.warning("%d calls still running after %.0f s of grace; cancelling them", self.lifecycle.in_flight, grace)
+        if self.http is not None:
+            self.http.stop()
         self.server.stop(0).wait()
         if self.uploads is not None:
             self.uploads.wait_finished(5.0)  # abandoned uploads remove their staging
@@ -132,9 +136,27 @@ def build(settings: Settings) -> Daemon:
         manager.close()
         raise OSError(f"cannot listen on {settings.address}: the address is in use or not available here; stop the other "
                       "process or pick another --address (port 0 picks a free one)")
+    tfserving.add_to_server(manager, dataplane, server)
     metrics.watch_models(manager)
+    try:
+        http = _http_door(settings, manager, dataplane, lifecycle, InferenceServicer(manager, dataplane, settings)) if settings.http_address else None
+    except OSError:  # the HTTP port is busy: release what was started, or kvd would not exit
+        uploads.launcher.close()
+        manager.close()
+        raise
     metrics_server, metrics_port = metrics.serve(settings.metrics_address) if settings.metrics_address else (None, 0)
-    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port)
+    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port, http)
+
+
+def _http_door(settings: Settings, manager: ModelManager, dataplane: DataPlane, lifecycle: Lifecycle, servicer: Any) -> Any:
+    """The HTTP port (KServe v2 REST, TF Serving REST): same tokens, TLS, limits and drain as gRPC; port bound now."""
+    from kvserve.server.api.rest.app import create_app
+    from kvserve.server.api.rest.guard import Door
+    from kvserve.server.api.rest.serve import HttpServer, bind
+
+    tokens = load_tokens(settings.auth_token_file) if settings.auth_token_file is not None else None
+    door = Door(manager, dataplane, settings, lifecycle, tokens, servicer)
+    return HttpServer(create_app(door), bind(settings.http_address), settings)
 
 
 def _write_port(path: Path | None, port: int) -> None:
@@ -153,6 +175,11 @@ def start(daemon: Daemon) -> None:
              ", tokens" if settings.auth_token_file else "", settings.repository)
     if daemon.metrics_server is not None:
         log.info("metrics on http://%s:%d/metrics", settings.metrics_address.rpartition(":")[0], daemon.metrics_port)
+    if daemon.http is not None:
+        daemon.http.start_thread()
+        log.info("HTTP (KServe v2 REST, TF Serving REST) on %s://%s:%d", "https" if daemon.http.tls else "http",
+                 settings.http_address.rpartition(":")[0], daemon.http.port)
+        _write_port(settings.http_port_file, daemon.http.port)
     _write_port(settings.metrics_port_file, daemon.metrics_port)
     _write_port(settings.port_file, daemon.port)
     threading.Thread(target=daemon.manager.load_all, name="kvd-startup-load", daemon=True).start()

@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 
 from kvserve.server.ops.logs import FORMATS, configure
-from kvserve.server.settings import (DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_ADDRESS, PERFORMANCE_HINTS,
-                                     PRECISIONS, Settings, default_repository, DEFAULT_PRECISION)
+from kvserve.server.settings import (DEFAULT_ADDRESS, DEFAULT_HTTP_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_ADDRESS,
+                                     DEFAULT_PRECISION, PERFORMANCE_HINTS, PRECISIONS, Settings, default_repository)
 from kvserve.server.version import SERVER_VERSION
 
 
@@ -22,6 +22,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--repository", type=Path, default=None, help="model repository directory (env KVSERVE_REPOSITORY; default: the user data dir)")
     parser.add_argument("--address", default=env("KVSERVE_ADDRESS", DEFAULT_ADDRESS), help=f"host:port to listen on (default {DEFAULT_ADDRESS}; port 0 picks a free one)")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening (for scripts and tests)")
+    parser.add_argument("--http-address", default=env("KVSERVE_HTTP_ADDRESS", DEFAULT_HTTP_ADDRESS),
+                        help=f"host:port of the HTTP API: KServe v2 REST and TF Serving REST (default {DEFAULT_HTTP_ADDRESS}; port 0 picks one; '' disables it)")
+    parser.add_argument("--http-port-file", type=Path, help="write the HTTP port here once listening")
     parser.add_argument("--max-message-mb", type=int, default=DEFAULT_MAX_MESSAGE_BYTES // (1024 * 1024), help="largest gRPC message accepted or sent, in MiB")
     parser.add_argument("--max-upload-mb", type=int, default=4096, help="largest model upload, in MiB")
     parser.add_argument("--max-batch-size", type=int, default=1024, help="largest batch one infer request may carry (ModelConfig max_batch_size)")
@@ -44,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         repository=args.repository or default_repository(),
         address=args.address,
         port_file=args.port_file,
+        http_address=args.http_address,
+        http_port_file=args.http_port_file,
         max_message_bytes=args.max_message_mb * 1024 * 1024,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         workers=args.workers,
@@ -66,7 +71,7 @@ def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--metrics-address", default=env("KVSERVE_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS),
                        help=f"host:port of the Prometheus endpoint (default {DEFAULT_METRICS_ADDRESS}; port 0 picks one; '' disables it)")
     group.add_argument("--metrics-port-file", type=Path, help="write the metrics endpoint's bound port here")
-    group.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) for TLS on the gRPC port")
+    group.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) for TLS on the gRPC and HTTP ports")
     group.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     group.add_argument("--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)")
     group.add_argument("--auth-token-file", type=Path, default=env("KVSERVE_AUTH_TOKEN_FILE") or None,

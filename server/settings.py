@@ -8,6 +8,7 @@ from pathlib import Path
 
 DEFAULT_ADDRESS = "127.0.0.1:8500"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:8502"
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:8501"  # TF Serving's REST port
 # Large enough for a batch of 16 299x299x3 float images (17 MB) and a 4k RGB float image (100 MB).
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_DEVICES = ("CPU", "TF")
@@ -45,6 +46,10 @@ class Settings:
     performance_hint: str = ""  # empty: each backend's own (THROUGHPUT for the built-in OpenVINO devices)
     benchmark_timeout_s: float = 1800.0
     port_file: Path | None = None
+    # KServe v2 REST + TF Serving REST; "" disables the HTTP port. `kvd` defaults to DEFAULT_HTTP_ADDRESS; a
+    # Settings built in code opens no HTTP port unless asked (in-process daemons in tests never collide on 8501).
+    http_address: str = ""
+    http_port_file: Path | None = None
     # operations (issue 6): metrics, security, limits, logs
     metrics_address: str = DEFAULT_METRICS_ADDRESS  # "" disables the endpoint
     metrics_port_file: Path | None = None

@@ -52,10 +52,21 @@ class Kvd:
     args: list[str] = field(default_factory=list)
     client_options: dict = field(default_factory=dict)  # token / ca / cert / key for a protected kvd
     metrics_port_file: Path | None = None
+    http_port_file: Path | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_port(self) -> int:
+        assert self.http_port_file is not None, "this kvd was started with its own --http-address"
+        return int(self.http_port_file.read_text())
+
+    @property
+    def http_url(self) -> str:
+        scheme = "https" if "--tls-cert" in self.args else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -88,7 +99,8 @@ def start_kvd(repository: Path, *extra: str, env: dict[str, str] | None = None, 
               client_options: dict | None = None) -> Kvd:
     """Start kvd on a free port (port 0, read back from --port-file) and wait until it is live (and ready).
 
-    Metrics go to a free port too (``kvd.metrics_url``) unless ``extra`` names a --metrics-address.
+    Metrics and HTTP go to free ports too (``kvd.metrics_url``, ``kvd.http_url``) unless ``extra`` names
+    --metrics-address / --http-address.
     """
     repository.mkdir(parents=True, exist_ok=True)
     port_file = repository.parent / f"{repository.name}.port"
@@ -98,6 +110,11 @@ def start_kvd(repository: Path, *extra: str, env: dict[str, str] | None = None, 
     if "--metrics-address" not in extra:
         metrics_port_file = repository.parent / f"{repository.name}.metrics-port"
         extra = ("--metrics-address", "127.0.0.1:0", "--metrics-port-file", str(metrics_port_file), *extra)
+    http_port_file = None
+    if "--http-address" not in extra:
+        http_port_file = repository.parent / f"{repository.name}.http-port"
+        http_port_file.unlink(missing_ok=True)
+        extra = ("--http-address", "127.0.0.1:0", "--http-port-file", str(http_port_file), *extra)
     args = [sys.executable, "-m", "kvserve.server.main", "--repository", str(repository), "--address", "127.0.0.1:0",
             "--port-file", str(port_file), *extra]
     with open(log_path, "ab") as log:
@@ -108,7 +125,8 @@ def start_kvd(repository: Path, *extra: str, env: dict[str, str] | None = None, 
             process.kill()
             raise RuntimeError(f"kvd did not start:\n{log_path.read_text()}")
         time.sleep(0.05)
-    kvd = Kvd(repository, log_path, process, int(port_file.read_text()), list(extra), dict(client_options or {}), metrics_port_file)
+    kvd = Kvd(repository, log_path, process, int(port_file.read_text()), list(extra), dict(client_options or {}), metrics_port_file,
+              http_port_file)
     if wait_ready:
         with kvd.client(timeout=5) as client:
             while not client.ready():

@@ -31,6 +31,8 @@ ROLES: dict[str, str] = {
     **{_V2 + m: ADMIN for m in ("RepositoryModelLoad", "RepositoryModelUnload")},
     **{_KV + m: READ for m in ("Describe", "Devices", "Plugins")},
     **{_KV + m: ADMIN for m in ("Upload", "Delete", "Benchmark")},
+    **{"/tensorflow.serving.PredictionService/" + m: READ for m in ("Predict", "GetModelMetadata", "Classify", "Regress", "MultiInference")},
+    "/tensorflow.serving.ModelService/GetModelStatus": READ,
     "/grpc.health.v1.Health/Check": READ,
     "/grpc.health.v1.Health/Watch": READ,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": READ,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from kvserve.proto import _pool
 from kvserve.proto import grpc_service_pb2 as pb
+from kvserve.proto import tensorflow_serving_pb2 as tfs
 from kvserve.proto import kvserve_service_pb2 as kv
 from kvserve.server.models.manager import READY, ModelManager
 
@@ -47,10 +49,16 @@ class HealthReporter:
 def add_to_server(reporter: HealthReporter, server: grpc.Server) -> None:
     """Register health and reflection (for the v2, kvserve.v1 and health services)."""
     health_pb2_grpc.add_HealthServicer_to_server(reporter.servicer, server)
+    # Our stubs live in kvserve's private descriptor pool; reflection answers from it, so health's and
+    # reflection's own files are added there too.
+    _pool.add_file(health_pb2.DESCRIPTOR.serialized_pb)
+    _pool.add_file(reflection_pb2.DESCRIPTOR.serialized_pb)
     names = (
         pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
         kv.DESCRIPTOR.services_by_name["KvServe"].full_name,
+        tfs.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+        tfs.DESCRIPTOR.services_by_name["ModelService"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
-    reflection.enable_server_reflection(names, server)
+    reflection.enable_server_reflection(names, server, pool=_pool.POOL)

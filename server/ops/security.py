@@ -45,8 +45,9 @@ def is_loopback(address: str) -> bool:
 def check_exposure(settings: Settings) -> None:
     """Refuse a plaintext, tokenless listener reachable from other hosts unless --insecure says so."""
     protected = bool(settings.tls_cert) or settings.auth_token_file is not None
-    if not protected and not settings.insecure and not is_loopback(settings.address):
+    exposed = [a for a in (settings.address, settings.http_address) if a and not is_loopback(a)]
+    if not protected and not settings.insecure and exposed:
         raise ValueError(
-            f"refusing to listen on {settings.address} without TLS or tokens: anyone who can reach it could upload "
+            f"refusing to listen on {exposed[0]} without TLS or tokens: anyone who can reach it could upload "
             "and run models. Pass --tls-cert/--tls-key and/or --auth-token-file, or --insecure if the network is trusted"
         )

@@ -43,10 +43,13 @@ def _describe(method: str, request: Any, known_model: Callable[[str], bool]) -> 
 
 
 def _fill(record: CallRecord, request: Any, known_model: Callable[[str], bool]) -> CallRecord:
-    name = getattr(request, "model_name", None) or getattr(request, "name", None)
+    spec = getattr(request, "model_spec", None)  # TF Serving requests name the model in a ModelSpec
+    name = getattr(request, "model_name", None) or getattr(request, "name", None) or getattr(spec, "name", None)
     if isinstance(name, str) and known_model(name):
         record.model = name
         version = getattr(request, "model_version", None) or getattr(request, "version", None)
+        if spec is not None and spec.WhichOneof("version_choice") == "version":
+            version = str(spec.version.value)
         record.version = version if isinstance(version, str) and version.isdigit() else ""
     request_id = getattr(request, "id", "")
     record.request_id = request_id if isinstance(request_id, str) else ""
