@@ -14,6 +14,7 @@ from typing import Any, Callable, NoReturn
 
 import click
 import grpc
+from kvserve.client import lifecycle_cli
 import numpy as np
 
 from kvserve.client.client import Client, default_server, parse_address
@@ -413,6 +414,9 @@ def plugins(state: State, as_json: bool) -> None:
 from kvserve.client.benchmark_cli import benchmark  # noqa: E402 - its own module; registered here
 
 cli.add_command(benchmark)
+
+
+lifecycle_cli.register(cli, State, print_json, _console)
 
 
 def _run(entry: Callable[..., Any]) -> int:

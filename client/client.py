@@ -276,6 +276,26 @@ class Client:
     def delete(self, model: str, version: str = "") -> list[str]:
         return list(self.kvserve.Delete(kv.DeleteRequest(name=model, version=version), timeout=self.timeout).versions)
 
+    def pin(self, model: str, version: str) -> dict[str, str]:
+        """Serve ``version`` to requests that name none (persisted by kvd); returns name/serving/pinned/message."""
+        return self._pin(model, kv.PinRequest.PIN, str(version))
+
+    def unpin(self, model: str) -> dict[str, str]:
+        """Back to the config file's pin, else the latest ready version."""
+        return self._pin(model, kv.PinRequest.UNPIN)
+
+    def rollback(self, model: str) -> dict[str, str]:
+        """Pin the version below the one serving now."""
+        return self._pin(model, kv.PinRequest.ROLLBACK)
+
+    def _pin(self, model: str, action: int, version: str = "") -> dict[str, str]:
+        reply = self.kvserve.Pin(kv.PinRequest(name=model, version=version, action=action), timeout=timeout_or(self.timeout))
+        return {"name": reply.name, "serving": reply.serving, "pinned": reply.pinned, "message": reply.message}
+
+    def config(self) -> dict[str, Any]:
+        """kvd's effective configuration: config-file defaults and models, pins, serving versions."""
+        return json.loads(self.kvserve.GetConfig(kv.GetConfigRequest(), timeout=self.timeout).config_json)
+
     def load(self, model: str, version: str = "", devices: list[str] | None = None) -> None:
         parameters = {}
         if version:

@@ -7,6 +7,46 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PinRequest(_message.Message):
+    __slots__ = ("name", "version", "action")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        PIN: _ClassVar[PinRequest.Action]
+        UNPIN: _ClassVar[PinRequest.Action]
+        ROLLBACK: _ClassVar[PinRequest.Action]
+    PIN: PinRequest.Action
+    UNPIN: PinRequest.Action
+    ROLLBACK: PinRequest.Action
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    action: PinRequest.Action
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., action: _Optional[_Union[PinRequest.Action, str]] = ...) -> None: ...
+
+class PinResponse(_message.Message):
+    __slots__ = ("name", "serving", "pinned", "message")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    serving: str
+    pinned: str
+    message: str
+    def __init__(self, name: _Optional[str] = ..., serving: _Optional[str] = ..., pinned: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class GetConfigRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetConfigResponse(_message.Message):
+    __slots__ = ("config_json",)
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    config_json: str
+    def __init__(self, config_json: _Optional[str] = ...) -> None: ...
+
 class UploadHeader(_message.Message):
     __slots__ = ("name", "filename", "size", "precision", "devices", "sha256", "options", "samples_npy", "sample_images", "parity_tolerance", "preprocessing", "labels", "labels_filename", "calibration_npy", "calibration_images")
     class OptionsEntry(_message.Message):

@@ -69,6 +69,16 @@ class KvServeStub:
                 request_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkRequest.SerializeToString,
                 response_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkEvent.FromString,
                 _registered_method=True)
+        self.Pin = channel.unary_unary(
+                '/kvserve.v1.KvServe/Pin',
+                request_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.PinRequest.SerializeToString,
+                response_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.PinResponse.FromString,
+                _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/kvserve.v1.KvServe/GetConfig',
+                request_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.GetConfigResponse.FromString,
+                _registered_method=True)
 
 
 class KvServeServicer:
@@ -118,6 +128,20 @@ class KvServeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pin(self, request, context):
+        """Which version answers a request that names none: pin one, unpin, or roll back to the one below.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfig(self, request, context):
+        """The effective configuration (config file defaults and models, pins, serving versions), as JSON.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KvServeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +179,16 @@ def add_KvServeServicer_to_server(servicer, server):
                     servicer.Benchmark,
                     request_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkRequest.FromString,
                     response_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkEvent.SerializeToString,
+            ),
+            'Pin': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pin,
+                    request_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.PinRequest.FromString,
+                    response_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.PinResponse.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=kvserve_dot_proto_dot_kvserve__service__pb2.GetConfigRequest.FromString,
+                    response_serializer=kvserve_dot_proto_dot_kvserve__service__pb2.GetConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +380,60 @@ class KvServe:
             '/kvserve.v1.KvServe/Benchmark',
             kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkRequest.SerializeToString,
             kvserve_dot_proto_dot_kvserve__service__pb2.BenchmarkEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvserve.v1.KvServe/Pin',
+            kvserve_dot_proto_dot_kvserve__service__pb2.PinRequest.SerializeToString,
+            kvserve_dot_proto_dot_kvserve__service__pb2.PinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvserve.v1.KvServe/GetConfig',
+            kvserve_dot_proto_dot_kvserve__service__pb2.GetConfigRequest.SerializeToString,
+            kvserve_dot_proto_dot_kvserve__service__pb2.GetConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

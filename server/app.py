@@ -29,6 +29,8 @@ from kvserve.server.ops.lifecycle import DrainInterceptor, Lifecycle
 from kvserve.server.ops.limits import InferGate
 from kvserve.server.models.manager import ModelManager
 from kvserve.server.models.repository import Repository
+from kvserve.server.models.watchers import Watchers, initial_config
+from kvserve.server.uploads.child import remove_orphan_logs
 from kvserve.server.ops.security import check_exposure, server_credentials
 from kvserve.server.settings import Settings
 from kvserve.server.uploads.pipeline import UploadPipeline
@@ -50,10 +52,13 @@ class Daemon:
     metrics_server: Any = None
     metrics_port: int = 0
     http: Any = None  # kvserve.server.api.rest.serve.HttpServer, or None when --http-address is ''
+    watchers: Watchers | None = None
 
     def stop(self, grace: float | None = None, hurry: threading.Event | None = None) -> None:
         """Drain: health NOT_SERVING, new calls UNAVAILABLE, uploads abandoned, running calls get ``grace`` s."""
         grace = self.settings.grace_seconds if grace is None else grace
+        if self.watchers is not None:
+            self.watchers.stop()
         if self.lifecycle is not None:
             self.lifecycle.drain()
             if not self.lifecycle.wait_idle(grace, hurry):
@@ -105,11 +110,16 @@ def build(settings: Settings) -> Daemon:
     removed = repository.clean_staging()
     if removed:
         log.info("removed %d leftovers of interrupted uploads or deletes from %s", len(removed), repository.staging_root)
+    removed = repository.clean_cache() + remove_orphan_logs()
+    if removed:
+        log.info("removed %d compiled-model cache entries or logs of deleted, failed or killed work", len(removed))
+    config = initial_config(settings.config_file)
     plugins = load_plugins()
-    manager = ModelManager(repository, plugins, settings)
+    manager = ModelManager(repository, plugins, settings, config)
     lifecycle = Lifecycle()
     reporter = health.HealthReporter(manager)
     uploads = UploadPipeline(repository, manager, settings)
+    manager.rebuild = uploads.rebuild
     lifecycle.on_drain(reporter.drain)
     lifecycle.on_drain(lambda: uploads.abandon_all(SHUTDOWN_MESSAGE))
     options = [
@@ -145,7 +155,8 @@ def build(settings: Settings) -> Daemon:
         manager.close()
         raise
     metrics_server, metrics_port = metrics.serve(settings.metrics_address) if settings.metrics_address else (None, 0)
-    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port, http)
+    watchers = Watchers.create(manager, settings.config_file, settings.config_poll_s, settings.poll_seconds)
+    return Daemon(settings, server, manager, plugins, port, lifecycle, uploads, metrics_server, metrics_port, http=http, watchers=watchers)
 
 
 def _http_door(settings: Settings, manager: ModelManager, dataplane: DataPlane, lifecycle: Lifecycle, servicer: Any) -> Any:
@@ -182,4 +193,11 @@ def start(daemon: Daemon) -> None:
         _write_port(settings.http_port_file, daemon.http.port)
     _write_port(settings.metrics_port_file, daemon.metrics_port)
     _write_port(settings.port_file, daemon.port)
-    threading.Thread(target=daemon.manager.load_all, name="kvd-startup-load", daemon=True).start()
+    threading.Thread(target=_load_then_watch, args=(daemon,), name="kvd-startup-load", daemon=True).start()
+
+
+def _load_then_watch(daemon: Daemon) -> None:
+    """Load the repository, then start watching the config file and the repository (if asked)."""
+    daemon.manager.load_all()
+    if daemon.watchers is not None:
+        daemon.watchers.start()

@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
                         help="allow Keras models whose loading runs Python code (Lambda layers); only for models you trust")
     parser.add_argument("--log-level", default=env("KVSERVE_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
     add_operations_arguments(parser)
+    add_lifecycle_arguments(parser)
     args = parser.parse_args(argv)
     return Settings(
         repository=args.repository or default_repository(),
@@ -61,7 +62,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         grace_seconds=args.grace_seconds,
         allow_unsafe_deserialization=args.allow_unsafe_deserialization,
         **operations_settings(args),
+        config_file=args.config, config_poll_s=args.config_poll_seconds, poll_seconds=args.poll_seconds,
     ), args.log_level
+
+
+def add_lifecycle_arguments(parser: argparse.ArgumentParser) -> None:
+    """Config file and repository poll (docs/configuration.md)."""
+    group = parser.add_argument_group("model lifecycle")
+    group.add_argument("--config", type=Path, default=os.environ.get("KVSERVE_CONFIG") or None,
+                       help="TOML file: version policy, pin, devices, hint, batching, warm-up per model (docs/configuration.md); "
+                            "re-read when it changes and on SIGHUP")
+    group.add_argument("--config-poll-seconds", type=float, default=2.0, help="how often --config is checked for changes")
+    group.add_argument("--poll-seconds", type=float, default=0.0,
+                       help="look for versions added, changed or deleted by other processes every N s (0 = off)")
 
 
 def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
+    if daemon.watchers is not None:
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: daemon.watchers.reload())  # only sets an event
     start(daemon)
     while not stop.wait(0.2):  # a timed wait: the main thread must wake to run the Python signal handler,
         pass                   # which never happens if the kernel hands the signal to a gRPC thread

@@ -63,6 +63,10 @@ class Settings:
     max_queue: int = 32
     max_concurrent_rpcs: int = 256
     log_format: str = "text"
+    # model lifecycle (issue 13): config file, its poll, repository poll (0 = off)
+    config_file: Path | None = None
+    config_poll_s: float = 2.0
+    poll_seconds: float = 0.0
 
     @property
     def cache_dir(self) -> Path:

@@ -96,7 +96,7 @@ class Kvd:
 
 
 def start_kvd(repository: Path, *extra: str, env: dict[str, str] | None = None, wait_ready: bool = True, timeout: float = 120,
-              client_options: dict | None = None) -> Kvd:
+              client_options: dict | None = None, prefix: tuple[str, ...] = ()) -> Kvd:
     """Start kvd on a free port (port 0, read back from --port-file) and wait until it is live (and ready).
 
     Metrics and HTTP go to free ports too (``kvd.metrics_url``, ``kvd.http_url``) unless ``extra`` names
@@ -115,7 +115,7 @@ def start_kvd(repository: Path, *extra: str, env: dict[str, str] | None = None, 
         http_port_file = repository.parent / f"{repository.name}.http-port"
         http_port_file.unlink(missing_ok=True)
         extra = ("--http-address", "127.0.0.1:0", "--http-port-file", str(http_port_file), *extra)
-    args = [sys.executable, "-m", "kvserve.server.main", "--repository", str(repository), "--address", "127.0.0.1:0",
+    args = [*prefix, sys.executable, "-m", "kvserve.server.main", "--repository", str(repository), "--address", "127.0.0.1:0",
             "--port-file", str(port_file), *extra]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})

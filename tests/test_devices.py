@@ -51,7 +51,7 @@ def test_unavailable_devices_are_skipped_with_the_reason_recorded(fake_devices_k
         assert manifest["served_by"]["backend"] == "CPU"
         assert "NOCARD unavailable: simulated: no such card in this host" in reason
         assert "BROKEN failed to load it: simulated driver failure" in reason
-        assert re.search(r"served by CPU \((f32|bf16|f16) execution\)$", reason), reason
+        assert re.search(r"served by CPU \((f32|bf16|f16) execution\)", reason), reason
         index = {(m["name"], m["version"]): m for m in client.list_models()}
         assert index[("prefers-card", "1")]["reason"] == reason
         assert client.describe("prefers-card")["reason"] == reason
@@ -211,7 +211,7 @@ def test_forced_execution_precision_reaches_parity_and_serving(kvd_factory, digi
         described = client.describe("forced")
     assert manifest["precision"] == "fp16" and manifest["parity"]["execution_precision"] == "f32"
     assert manifest["parity"]["tolerance_max_rel_diff"] == pytest.approx(1e-2)
-    assert described["reason"].endswith("served by CPU (f32 execution)")
+    assert "served by CPU (f32 execution)" in described["reason"]
 
 
 def test_a_mistyped_forced_precision_stops_kvd_with_one_line(tmp_path):

@@ -227,11 +227,11 @@ def test_restart_finds_the_blob_compiled_at_upload(kvd_factory, digits, tmp_path
     kvd = kvd_factory(repository)
     with kvd.client() as client:
         client.upload(digits.paths["h5"], name="digits")
-    blobs = sorted(p.name for p in (repository / ".cache").iterdir())
-    assert len(blobs) == 1
+    blobs = sorted(p.relative_to(repository / ".cache").as_posix() for p in (repository / ".cache").rglob("*") if p.is_file())
+    assert len(blobs) == 1 and blobs[0].startswith("digits/1/")  # the version's own cache: deleted with it
     kvd.stop(signal.SIGTERM)
     kvd = kvd_factory(repository)
     with kvd.client() as client:
         assert client.model_ready("digits")
     # the blob made while the upload loaded in staging was found after the rename: nothing new was compiled
-    assert sorted(p.name for p in (repository / ".cache").iterdir()) == blobs
+    assert sorted(p.relative_to(repository / ".cache").as_posix() for p in (repository / ".cache").rglob("*") if p.is_file()) == blobs

@@ -139,6 +139,7 @@ def test_publish_assigns_1_2_3_and_writes_manifest(repo):
         assert repo.publish(stage(repo), "m", manifest) == expected
         assert manifest["version"] == str(expected)
         on_disk = json.loads((repo.root / "m" / str(expected) / MANIFEST).read_text())
+        assert set(on_disk.pop("files")) == {"source.h5", "model.xml", "model.bin"}
         assert on_disk == {"format": "keras-h5", "inputs": [{"name": "x"}], "version": str(expected)}
     assert repo.versions("m") == [1, 2, 3]
     assert repo.names() == ["m"]
@@ -172,6 +173,8 @@ def test_version_dir_only_ever_appears_complete(repo):
                 time.sleep(0.0005)
                 continue
             for entry in list(model_dir.iterdir()):
+                if entry.name.startswith(".model.json"):
+                    continue  # the version counter, not a version
                 try:
                     names = {p.name for p in entry.iterdir()}
                 except FileNotFoundError:
@@ -215,7 +218,9 @@ def test_concurrent_publish_gives_distinct_versions(repo):
     assert repo.versions("m") == list(range(1, 9))
     for worker_id, version in results.items():
         assert (repo.root / "m" / str(version) / "id.txt").read_text() == str(worker_id)
-        assert repo.read_manifest("m", version) == {"worker": worker_id, "version": str(version)}
+        manifest = repo.read_manifest("m", version)
+        manifest.pop("files")
+        assert manifest == {"worker": worker_id, "version": str(version)}
 
 
 def test_publish_skips_numbers_used_by_incomplete_dirs(repo):
@@ -260,7 +265,9 @@ def test_names_lists_only_models_with_versions(repo):
 
 def test_read_manifest(repo):
     version = publish(repo, "m", format="keras-v3", labels=["cat", "dog"])
-    assert repo.read_manifest("m", version) == {"format": "keras-v3", "labels": ["cat", "dog"], "version": "1"}
+    manifest = repo.read_manifest("m", version)
+    assert manifest.pop("files").keys() == {"source.h5", "model.xml", "model.bin"}
+    assert manifest == {"format": "keras-v3", "labels": ["cat", "dog"], "version": "1"}
 
 
 def test_version_dir(repo):
@@ -289,11 +296,12 @@ def test_delete_one_version(repo):
     assert list(repo.staging_root.iterdir()) == []
 
 
-def test_delete_last_version_removes_model_dir(repo):
+def test_delete_last_version_keeps_only_the_counter(repo):
     publish(repo)
     assert repo.delete("m", 1) == [1]
-    assert not (repo.root / "m").exists()
+    assert [p.name for p in (repo.root / "m").iterdir()] == [".model.json"]
     assert repo.names() == []
+    assert publish(repo) == 2  # never reused
 
 
 def test_delete_all_versions(repo):
@@ -301,7 +309,7 @@ def test_delete_all_versions(repo):
         publish(repo)
     publish(repo, "keep")
     assert repo.delete("m") == [1, 2, 3]
-    assert not (repo.root / "m").exists()
+    assert repo.versions("m") == []
     assert repo.names() == ["keep"]
     assert list(repo.staging_root.iterdir()) == []
 

@@ -28,8 +28,9 @@ def test_restart_restores_every_model_and_cleans_staging(kvd_factory, digits, tm
     assert not leftover.exists()
     with kvd.client() as client:
         assert client.ready()
-        assert {(m["name"], m["version"], m["state"]) for m in client.list_models()} == {
-            ("a", "1", "READY"), ("b", "1", "UNAVAILABLE"), ("b", "2", "READY")}
+        listed = {(m["name"], m["version"], m["state"]): m["reason"] for m in client.list_models()}
+        assert set(listed) == {("a", "1", "READY"), ("a", "2", "UNAVAILABLE"), ("b", "1", "UNAVAILABLE"), ("b", "2", "READY")}
+        assert "no manifest.json" in listed[("a", "2", "UNAVAILABLE")]  # listed with its reason, never served
         for name, outputs in before.items():
             assert client.model_ready(name)
             after = client.infer(name, digits.x_test[:16])

@@ -1,8 +1,11 @@
 """The model manager: which versions are loaded, on which backend, and why; name/version -> runner.
 
-Policy: the latest version of every model is loaded at start-up and after each upload (the previous one is
-then unloaded); an older version named explicitly in a request is loaded on demand. A version that could not be
-loaded stays listed with its reason, so readiness and RepositoryIndex tell the truth.
+Which versions are loaded is each model's version policy (config file; default: the latest one), re-applied
+(``sync``) after every upload, delete, config change and repository poll. A client naming no version gets the
+pinned version (``kvctl pin``, else the config file's ``pinned``), else the highest ready version the policy
+loaded. A version outside the policy named explicitly is loaded on demand and kept in a small LRU (evicted
+beyond ``on_demand_versions``). A version that could not be loaded stays listed with its reason, and so does
+anything in the repository that is skipped, so readiness and RepositoryIndex tell the truth.
 
 A request holds a lease on the version it runs (``lease``): a version replaced by a reload or a new upload
 keeps answering the requests already on it and its runner is closed when the last of them is done.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +25,9 @@ from kvserve.plugins import safe
 from kvserve.plugins.manager import Plugins
 from kvserve.plugins.types import LoadRequest, Runner, TensorSpec
 from kvserve.server.errors import FailedPrecondition, NotFound, Unavailable
-from kvserve.server.models.repository import NAME_PATTERN, Repository, parse_version
+from kvserve.server.models.config import Batching, ModelSettings, ServerConfig
+from kvserve.server.models.repository import Damaged, Repository, is_name, parse_version
+from kvserve.server.models.warmup import warm_up
 from kvserve.server.settings import Settings
 
 log = logging.getLogger("kvserve.server.models.manager")
@@ -55,12 +61,17 @@ class ModelVersion:
 
 
 class ModelManager:
-    def __init__(self, repository: Repository, plugins: Plugins, settings: Settings) -> None:
+    def __init__(self, repository: Repository, plugins: Plugins, settings: Settings, config: ServerConfig | None = None) -> None:
         self.repository = repository
         self.settings = settings
+        self.config = config or ServerConfig()
         self.backends = {b.name: b for b in plugins.backends()}
         self._models: dict[str, dict[int, ModelVersion]] = {}
+        self._on_demand: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._pins: dict[str, int | None] = {}
         self._lock = threading.RLock()
+        # Rebuilds a damaged IR from the kept source (set by the upload pipeline): (name, version) -> True if rebuilt.
+        self.rebuild: Callable[[str, int], bool] | None = None
         self._load_locks: dict[tuple[str, int], threading.Lock] = {}
         self._listeners: list[Callable[[str], None]] = []
         self.startup_complete = threading.Event()
@@ -78,12 +89,18 @@ class ModelManager:
                 log.exception("model change listener failed for %r", name)
 
     # --- loading ------------------------------------------------------------------------------------
-    def open_runner(self, model_dir: Path, manifest: Mapping[str, Any], devices: list[str] | None = None) -> tuple[Runner, str, str]:
-        """Load on the first backend in the preference list that is available and can serve the model.
+    def open_runner(self, model_dir: Path, manifest: Mapping[str, Any], devices: list[str] | None = None,
+                    cache_dir: Path | None = None, warmup: int | None = None) -> tuple[Runner, str, str]:
+        """Load on the first backend in the preference list that is available and can serve the model, then
+        warm it up (``warmup`` inferences, default the model's configured count) before anyone sees it.
 
         Returns (runner, backend name, reason). Raises FailedPrecondition listing why each device was skipped.
         """
-        preference = devices or list(manifest.get("devices") or self.settings.default_devices)
+        name = str(manifest.get("name", ""))
+        wanted, own = self.settings_for(name), self.config.models.get(name, ModelSettings())
+        preference = devices or list(own.devices or manifest.get("devices") or self.config.defaults.devices
+                                     or self.settings.default_devices)
+        cache_dir = cache_dir or self.repository.cache_dir
         skipped: list[str] = []
         inputs = [TensorSpec.from_dict(t) for t in manifest["inputs"]]
         outputs = [TensorSpec.from_dict(t) for t in manifest["outputs"]]
@@ -101,70 +118,316 @@ class ModelManager:
                 skipped.append(f"{device} cannot serve it: {cannot}")
                 continue
             try:
-                runner = backend.load(LoadRequest(model_dir, manifest, inputs, outputs, self.repository.cache_dir,
+                runner = backend.load(LoadRequest(model_dir, manifest, inputs, outputs, cache_dir,
                                                   config=self.runtime_config(manifest),
                                                   allow_unsafe_deserialization=self.settings.allow_unsafe_deserialization))
             except Exception as error:  # noqa: BLE001 - try the next device, keep the reason
                 log.warning("loading %s on %s failed: %s", model_dir, device, error)
                 skipped.append(f"{device} failed to load it: {str(error).splitlines()[0][:300] if str(error) else type(error).__name__}")
                 continue
+            count = wanted.warmup if warmup is None else warmup
+            try:
+                done = warm_up(runner, model_dir, inputs, count or 0)
+            except Exception as error:  # noqa: BLE001 - a model that cannot answer is not ready on this device
+                runner.close()
+                log.warning("warming up %s on %s failed: %s", model_dir, device, error)
+                skipped.append(f"{device} failed its warm-up inference: {str(error).splitlines()[0][:300] if str(error) else type(error).__name__}")
+                continue
             execution = getattr(runner, "execution_precision", "")
             served = f"served by {device}" + (f" ({execution} execution)" if execution else "")
-            return runner, device, "; ".join(skipped + [served])
+            warmed = [f"warmed up with {done} inferences"] if done else []
+            return runner, device, "; ".join(skipped + [served] + warmed)
         raise FailedPrecondition("no device could serve the model: " + "; ".join(skipped) + f" (preference: {','.join(preference)})")
 
     def runtime_config(self, manifest: Mapping[str, Any]) -> dict[str, str]:
         """Device properties for one model: its own performance hint, else kvd's --performance-hint, else none
         (each backend keeps its own default: THROUGHPUT for the built-in OpenVINO devices)."""
-        hint = manifest.get("performance_hint") or self.settings.performance_hint
+        own = self.config.models.get(str(manifest.get("name", "")), ModelSettings())
+        hint = (own.performance_hint or manifest.get("performance_hint") or self.config.defaults.performance_hint
+                or self.settings.performance_hint)
         return {"PERFORMANCE_HINT": hint} if hint else {}
 
+    # --- settings, policy, default version ---------------------------------------------------------
+    def settings_for(self, name: str) -> ModelSettings:
+        """A model's effective settings: its config-file entry, else the file's defaults, else kvd's built-ins."""
+        return self.config.for_model(name)
+
+    def batching(self, name: str) -> Batching | None:
+        """Dynamic batching configured for ``name`` (None: no batching), for the batcher and ModelConfig."""
+        return self.settings_for(name).batching
+
+    def pinned(self, name: str) -> int | None:
+        """The version a client gets when it names none: ``kvctl pin`` (persisted in the repository), else the
+        config file's ``pinned``, else None (the policy's highest ready version)."""
+        with self._lock:
+            if name not in self._pins:  # cached: this runs on every request that names no version
+                runtime = self.repository.state(name).get("pinned") if is_name(name) else None
+                self._pins[name] = runtime if isinstance(runtime, int) and not isinstance(runtime, bool) else None
+            runtime = self._pins[name]
+        return runtime if runtime is not None else self.settings_for(name).pinned
+
+    def forget_pins(self) -> None:
+        """Re-read pins from the repository on next use (another kvd sharing it may have changed them)."""
+        with self._lock:
+            self._pins.clear()
+
+    def wanted(self, name: str, stored: list[int] | None = None) -> set[int]:
+        """The versions that should be loaded: those the policy selects, plus the pinned one."""
+        stored = self.repository.versions(name) if stored is None else stored
+        wanted = set(self.settings_for(name).version_policy.select(stored))  # type: ignore[union-attr]
+        pin = self.pinned(name)
+        if pin in stored:
+            wanted.add(pin)
+        return wanted
+
+    def default_version(self, name: str) -> ModelVersion:
+        """What a request naming no version runs on; Unavailable with the reason when nothing is ready."""
+        pin = self.pinned(name)
+        with self._lock:
+            table = dict(self._models.get(name, {}))
+        if pin is not None:
+            entry = table.get(pin)
+            if entry is not None and entry.state == READY:
+                return entry
+            if pin in self.repository.versions(name):
+                reason = entry.reason if entry is not None else "not loaded yet"
+                raise Unavailable(f"model '{name}' is pinned to version {pin}, which is not ready: {reason}; "
+                                  f"'kvctl unpin {name}' serves the latest again")
+        with self._lock:  # the table holds what the policy wants (sync) plus on-demand loads: skip those
+            ready = [v for number, v in table.items() if v.state == READY and (name, number) not in self._on_demand]
+        if ready:
+            return max(ready, key=lambda v: v.version)
+        known = sorted(table.values(), key=lambda v: v.version)
+        reason = known[-1].reason if known else "not loaded"
+        raise Unavailable(f"model '{name}' is not ready: {reason}")
+
+    def resolve_label(self, name: str, label: str) -> int:
+        """A version label (TF Serving's version_label) as a number: ``stable``/``default`` = the version serving
+        requests that name none (pin or policy), ``latest`` = the highest ready one, digits = that version."""
+        if label.isascii() and label.isdigit():
+            return int(label)
+        if label in ("stable", "default"):
+            return self.default_version(name).version
+        if label == "latest":
+            with self._lock:
+                ready = [n for n, e in self._models.get(name, {}).items() if e.state == READY]
+            if ready:
+                return max(ready)
+            return self.default_version(name).version  # Unavailable with the reason
+        raise NotFound(f"model '{name}' has no version label '{label}'; labels: stable, latest, or a version number")
+
+    def pin(self, name: str, version: int) -> ModelVersion:
+        """Serve ``version`` to clients that name none (persisted); it is loaded first, so a pin never takes a
+        model offline: a version that cannot load is refused and the old default keeps serving."""
+        if version not in self.repository.versions(name):
+            self._require(name)
+            raise NotFound(f"model '{name}' has no version {version}; versions: {', '.join(map(str, self.repository.versions(name)))}")
+        entry = self.load(name, version)
+        self.repository.set_pin(name, version)  # the repository lock is never taken inside the manager's
+        with self._lock:
+            self._pins[name] = version
+            self._on_demand.pop((name, version), None)
+        self.sync(name)
+        self._notify(name)
+        log.info("model %s pinned to version %d", name, version)
+        return entry
+
+    def unpin(self, name: str) -> None:
+        """Back to the config file's pin, else the policy's latest ready version."""
+        self._require(name)
+        self.repository.set_pin(name, None)
+        with self._lock:
+            self._pins[name] = None
+        self.sync(name)
+        self._notify(name)
+
+    def rollback(self, name: str) -> ModelVersion:
+        """Pin the version below the one serving now (the highest older stored version that loads)."""
+        current = self.default_version(name).version
+        older = [v for v in self.repository.versions(name) if v < current]
+        if not older:
+            raise FailedPrecondition(f"model '{name}' has no version older than {current} to roll back to")
+        errors = []
+        for version in reversed(older):
+            try:
+                return self.pin(name, version)
+            except FailedPrecondition as error:
+                errors.append(f"version {version}: {error}")
+        raise FailedPrecondition(f"cannot roll back model '{name}': " + "; ".join(errors))
+
+    def apply_config(self, config: ServerConfig) -> None:
+        """A new configuration (start-up, file change, SIGHUP): policies and pins take effect now; versions whose
+        devices, hint or warm-up changed are reloaded beside the running one (in-flight calls keep their lease)."""
+        old, self.config = self.config, config
+        names = set(self.repository.names()) | set(self._loaded_names())
+        for name in sorted(names):
+            before, after = old.for_model(name), config.for_model(name)
+            if (before.devices, before.performance_hint) != (after.devices, after.performance_hint):
+                with self._lock:
+                    ready = [n for n, e in self._models.get(name, {}).items() if e.state == READY]
+                for number in ready:
+                    try:
+                        self.load(name, number, reload=True)
+                    except Exception as error:  # noqa: BLE001 - the old runner keeps serving
+                        log.error("reloading %s version %d for the new config failed: %s", name, number, error)
+            self.sync(name)
+            self._notify(name)
+        self._trim_on_demand()
+
+    def sync(self, name: str) -> None:
+        """Load what the policy and pin want, release what they no longer want (on-demand loads excepted)."""
+        stored = self.repository.versions(name)
+        wanted = self.wanted(name, stored)
+        with self._lock:
+            table = self._models.get(name, {})
+            for number in wanted:  # an on-demand load the policy now wants is promoted: never evicted
+                self._on_demand.pop((name, number), None)
+            missing = sorted((v for v in wanted if v not in table), reverse=True)  # failed ones keep their reason
+            extra = [v for v, e in table.items() if v in stored and v not in wanted and (name, v) not in self._on_demand
+                     and e.state == READY]
+        for number in missing:
+            try:
+                self.load(name, number)
+            except Exception as error:  # noqa: BLE001 - recorded on the entry
+                log.error("model %s version %d could not be loaded: %s", name, number, error)
+        if extra:
+            self._release(name, extra)
+
+    def is_loaded(self, name: str, number: int) -> bool:
+        with self._lock:
+            return number in self._models.get(name, {})
+
+    def _loaded_names(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def _require(self, name: str) -> None:
+        if not is_name(name) or not self.repository.versions(name):
+            raise NotFound(self.not_found_message(name))
+
+    def _release(self, name: str, numbers: list[int]) -> None:
+        with self._lock:
+            table = self._models.get(name, {})
+            released = [table.pop(n) for n in numbers if n in table]
+            for number in numbers:
+                self._on_demand.pop((name, number), None)
+        for entry in released:
+            self._close(entry)
+        if released:
+            self._notify(name)
+
+    def _trim_on_demand(self) -> None:
+        with self._lock:
+            evict = []
+            while len(self._on_demand) > self.config.on_demand_versions:
+                evict.append(self._on_demand.popitem(last=False)[0])
+        for name, number in evict:
+            log.info("evicting on-demand version %s:%d (more than %d loaded outside the policy)", name, number,
+                     self.config.on_demand_versions)
+            self._release(name, [number])
+
+    # --- install, load, unload ----------------------------------------------------------------------
     def install(self, entry: ModelVersion, unload_older: bool = True) -> None:
-        """Make a loaded version visible; with ``unload_older`` the versions it supersedes are released."""
+        """Make a loaded version visible; with ``unload_older`` the versions the policy no longer wants are released."""
         with self._lock:
             versions = self._models.setdefault(entry.name, {})
             old = versions.get(entry.version)
             versions[entry.version] = entry
             released = [old] if old is not None and old is not entry else []
-            if unload_older:
-                for number, other in list(versions.items()):
-                    if number < entry.version:
-                        released.append(versions.pop(number))
         for other in released:
             self._close(other)
+        if unload_older and entry.state == READY:
+            self.sync(entry.name)
         self._notify(entry.name)
 
-    def load(self, name: str, version: int | None = None, devices: list[str] | None = None) -> ModelVersion:
-        """Load (or reload) one version from the repository; latest when ``version`` is None."""
+    def load(self, name: str, version: int | None = None, devices: list[str] | None = None, reload: bool = False) -> ModelVersion:
+        """Load (or reload) one version from the repository; the default one when ``version`` is None.
+
+        The manifest is checked and every stored file's sha256 verified first: a damaged IR is rebuilt from
+        the kept source (``self.rebuild``) or the version is marked damaged with the reason; never served.
+        """
         versions = self.repository.versions(name)
         if not versions:
             raise NotFound(self.not_found_message(name))
-        number = versions[-1] if version is None else version
+        if version is None:
+            wanted = sorted(self.wanted(name, versions))
+            number = self.pinned(name) if self.pinned(name) in versions else (wanted[-1] if wanted else versions[-1])
+        else:
+            number = version
         lock = self._load_locks.setdefault((name, number), threading.Lock())
         with lock:
-            manifest = self.repository.read_manifest(name, number)
-            entry = ModelVersion.from_manifest(name, number, manifest)
             previous = self._find(name, number)
-            if previous is not None and previous.state == READY and devices is None:
+            if previous is not None and previous.state == READY and devices is None and not reload:
                 return previous
             try:
-                entry.runner, entry.backend, entry.reason = self.open_runner(self.repository.version_dir(name, number), manifest, devices)
+                manifest = self._checked_manifest(name, number)
+            except Damaged as error:
+                entry = ModelVersion(name, number, {}, UNAVAILABLE, str(error))
+                self._record_failure(entry, previous)
+                raise
+            manifest.setdefault("name", name)
+            try:
+                entry = ModelVersion.from_manifest(name, number, manifest)
+            except (KeyError, TypeError, ValueError) as error:
+                damaged = Damaged(f"manifest.json is inconsistent (a tensor's name, datatype or shape is malformed: {error!r}); "
+                                  "delete the version and upload again")
+                self._record_failure(ModelVersion(name, number, {}, UNAVAILABLE, str(damaged)), previous)
+                raise damaged from None
+            try:
+                entry.runner, entry.backend, entry.reason = self.open_runner(
+                    self.repository.version_dir(name, number), manifest, devices, self.repository.version_cache(name, number))
                 entry.state = READY
             except FailedPrecondition as error:
                 entry.state, entry.reason = UNAVAILABLE, str(error)
-                if previous is None or previous.state != READY:
-                    self.install(entry, unload_older=False)
+                self._record_failure(entry, previous)
                 raise
-            self.install(entry, unload_older=version is None)
+            except Exception as error:  # noqa: BLE001 - a stored version kvd cannot make sense of: listed with the cause
+                log.exception("loading %s version %d failed", name, number)
+                entry.state, entry.reason = UNAVAILABLE, f"loading failed: {type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+                self._record_failure(entry, previous)
+                raise FailedPrecondition(entry.reason) from None
+            with self.repository.locked():  # a delete that won the race: never install a ghost
+                if number not in self.repository.versions(name):
+                    self._close_runner(entry)
+                    raise NotFound(f"model '{name}' version {number} was deleted while it loaded")
+                self.install(entry, unload_older=False)
             log.info("loaded %s version %d: %s", name, number, entry.reason)
-            return entry
+        if version is None:
+            self.sync(name)
+        return entry
+
+    def _checked_manifest(self, name: str, number: int) -> dict[str, Any]:
+        try:
+            return self.repository.servable_manifest(name, number)
+        except Damaged as error:
+            if self.rebuild is None or "manifest.json" in str(error):
+                raise
+            log.warning("model %s version %d is %s; rebuilding its IR from the kept source", name, number, error)
+            try:
+                rebuilt = self.rebuild(name, number)
+            except Exception as failure:  # noqa: BLE001
+                log.error("rebuilding %s version %d failed: %s", name, number, failure)
+                rebuilt = False
+            if not rebuilt:
+                raise Damaged(f"{error}; rebuilding it from the source upload failed, delete it and upload again") from None
+            manifest = self.repository.servable_manifest(name, number)
+            log.info("model %s version %d rebuilt from its source upload", name, number)
+            return manifest
+
+    def _record_failure(self, entry: ModelVersion, previous: ModelVersion | None) -> None:
+        if previous is None or previous.state != READY:
+            with self.repository.locked():
+                if entry.version in self.repository.versions(entry.name):
+                    self.install(entry, unload_older=False)
 
     def load_all(self) -> None:
-        """Start-up: load the latest version of every model; failures are recorded, never fatal."""
+        """Start-up: load what each model's policy wants; failures and damage are recorded, never fatal."""
         try:
+            for problem in self.repository.problems():
+                log.error("repository: %s%s %s", problem.name, f"/{problem.version}" if problem.version else "", problem.reason)
             for name in self.repository.names():
                 try:
-                    self.load(name)
+                    self.sync(name)
                 except Exception as error:  # noqa: BLE001
                     log.error("model %s could not be loaded at start-up: %s", name, error)
         finally:
@@ -185,15 +448,21 @@ class ModelManager:
         self._notify(name)
         return [e.version for e in released]
 
-    def forget(self, name: str, versions: list[int]) -> None:
-        """After a delete: drop the versions entirely."""
+    def forget(self, name: str, versions: list[int], resync: bool = True) -> None:
+        """After a delete: drop the versions entirely; the next version the policy wants serves at once
+        (``resync``; a caller holding the repository lock passes False and calls ``sync`` after releasing it)."""
         with self._lock:
             table = self._models.get(name, {})
             released = [table.pop(n) for n in versions if n in table]
+            for number in versions:
+                self._on_demand.pop((name, number), None)
+            self._pins.pop(name, None)  # a deleted pinned version unpins (the repository cleared it)
             if not table:
                 self._models.pop(name, None)
         for entry in released:
             self._close(entry)
+        if resync and self.repository.versions(name):
+            self.sync(name)
         self._notify(name)
 
     def refresh_manifest(self, name: str, version: int, manifest: dict[str, Any]) -> None:
@@ -212,30 +481,40 @@ class ModelManager:
 
     # --- lookup -------------------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> ModelVersion:
-        """The ready version to serve, loading an explicitly named older version on demand."""
+        """The ready version to serve; an explicitly named version outside the policy is loaded on demand
+        (bounded: the least recently used of those is evicted beyond ``on_demand_versions``)."""
         number = parse_version(version) if version else None
         with self._lock:
             table = self._models.get(name)
-        if not NAME_PATTERN.fullmatch(name) or (not table and not self.repository.versions(name)):
+        if not is_name(name) or (not table and not self.repository.versions(name)):
             raise NotFound(self.not_found_message(name))
         if number is None:
-            ready = [v for v in (table or {}).values() if v.state == READY]
-            if ready:
-                return max(ready, key=lambda v: v.version)
-            known = sorted((table or {}).values(), key=lambda v: v.version)
-            reason = known[-1].reason if known else "not loaded"
-            raise Unavailable(f"model '{name}' is not ready: {reason}")
+            return self.default_version(name)
         entry = (table or {}).get(number)
         if entry is not None and entry.state == READY:
+            with self._lock:
+                if (name, number) in self._on_demand:
+                    self._on_demand.move_to_end((name, number))
             return entry
-        if number not in self.repository.versions(name):
-            raise NotFound(f"model '{name}' has no version {number}; versions: {', '.join(map(str, self.repository.versions(name)))}")
+        stored = self.repository.versions(name)
+        if number not in stored:
+            raise NotFound(f"model '{name}' has no version {number}; versions: {', '.join(map(str, stored))}")
         if entry is not None and entry.unloaded:
             raise Unavailable(f"model '{name}' version {number} is {entry.reason}")
+        on_demand = number not in self.wanted(name, stored)
+        if on_demand and self.config.on_demand_versions == 0:
+            raise Unavailable(f"model '{name}' version {number} is outside its version policy "
+                              f"({self.settings_for(name).version_policy.describe()}) and on-demand loads are off")  # type: ignore[union-attr]
         try:
-            return self.load(name, number)
+            loaded = self.load(name, number)
         except FailedPrecondition as error:
             raise Unavailable(f"model '{name}' version {number} is not ready: {error}") from None
+        if on_demand:
+            with self._lock:
+                self._on_demand[(name, number)] = None
+                self._on_demand.move_to_end((name, number))
+            self._trim_on_demand()
+        return loaded
 
     @contextmanager
     def lease(self, entry: ModelVersion) -> Iterator[Runner]:
@@ -275,8 +554,11 @@ class ModelManager:
             for number in self.repository.versions(name):
                 entry = loaded.get((name, number))
                 if entry is None:
-                    entry = ModelVersion(name, number, {}, UNAVAILABLE, "not loaded (an older version; request it by version to load it)")
+                    entry = ModelVersion(name, number, {}, UNAVAILABLE, "not loaded (outside the version policy; request it by version to load it)")
                 rows.append(entry)
+        for problem in self.repository.problems():
+            number = int(problem.version) if problem.version.isascii() and problem.version.isdigit() else 0
+            rows.append(ModelVersion(problem.name, number, {}, UNAVAILABLE, problem.reason))
         return rows
 
     def ready(self) -> bool:
@@ -285,6 +567,22 @@ class ModelManager:
     def _find(self, name: str, number: int) -> ModelVersion | None:
         with self._lock:
             return self._models.get(name, {}).get(number)
+
+    def describe_config(self) -> dict[str, Any]:
+        """The effective configuration (``kvctl config show``): the file's, with each model's pin and policy."""
+        data = self.config.to_dict()
+        for name in self.repository.names():
+            model = data["models"].setdefault(name, self.settings_for(name).to_dict())
+            model["pinned"] = self.pinned(name)
+            model["serving"] = next((e.version for e in [self._safe_default(name)] if e is not None), None)
+            model["stored_versions"] = self.repository.versions(name)
+        return data
+
+    def _safe_default(self, name: str) -> ModelVersion | None:
+        try:
+            return self.default_version(name)
+        except Unavailable:
+            return None
 
     def not_found_message(self, name: str) -> str:
         available = self.repository.names()

@@ -109,7 +109,7 @@ class Launcher:
 
     def _spawn(self) -> Child:
         # the log moves into the job's directory once the child has a job
-        fd, name = tempfile.mkstemp(prefix=f"kvserve-{self.kind.noun}-", suffix=".log")
+        fd, name = tempfile.mkstemp(prefix=f"{LOG_PREFIX}{self.kind.noun}-{os.getpid()}-", suffix=".log")
         with os.fdopen(fd, "wb") as stderr:
             process = subprocess.Popen(
                 [sys.executable, "-m", self.kind.module, *(["--for", self.label] if self.label else [])],
@@ -120,6 +120,31 @@ class Launcher:
                 start_new_session=True,
             )
         return Child(process, Path(name))
+
+
+LOG_PREFIX = "kvserve-"
+
+
+def remove_orphan_logs() -> list[str]:
+    """Child logs (in the temp dir until a job claims them) left by a kvd that was killed: its pid is gone."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{LOG_PREFIX}*-*-*.log"):
+        pid_text = path.name[:-len(".log")].split("-")[2]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_child(launcher: Launcher, job: dict[str, Any], workdir: Path, timeout_s: float,

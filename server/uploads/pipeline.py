@@ -25,10 +25,11 @@ from kvserve.server.uploads import formats
 from kvserve.server.ops import metrics
 from kvserve.server.uploads.conversion import converter_launcher, run_conversion
 from kvserve.server.errors import FailedPrecondition, InvalidArgument, KvError, ResourceExhausted, Unavailable
+from kvserve.server.models.inherit import Inherited, inherit
 from kvserve.server.models.labels import check_count, parse_labels
 from kvserve.server.ops.limits import Abandon, UploadSlots
 from kvserve.server.models.manager import READY, ModelManager, ModelVersion
-from kvserve.server.models.repository import Repository, validate_name
+from kvserve.server.models.repository import Repository, file_digests, sha256_file as sha256_of, validate_name
 from kvserve.server.settings import PERFORMANCE_HINTS, PRECISIONS, Settings
 
 log = logging.getLogger("kvserve.server.uploads.pipeline")
@@ -147,13 +148,14 @@ class UploadPipeline:
 
     def run(self, spec: UploadSpec, chunks: Iterable[bytes], abandon: Abandon | None = None) -> Iterator[dict[str, Any]]:
         """Progress events of one upload; ``abandon`` (set by the transport when the client leaves) stops it."""
+        inherited = inherit(self.repository, spec)  # before defaults fill what the upload left unsaid
         spec = self.validate(spec)
         abandon = Abandon() if abandon is None else abandon
         stage, outcome = "receiving", "ok"
         started = time.perf_counter()
         with self.slots.slot(), self._tracked(abandon):
             try:
-                for event in self._run(spec, chunks, abandon):
+                for event in self._run(spec, chunks, abandon, inherited):
                     stage = event["stage"].lower()
                     yield event
             except KvError as error:
@@ -167,7 +169,7 @@ class UploadPipeline:
             finally:
                 metrics.UPLOAD_SECONDS.labels(outcome).observe(time.perf_counter() - started)
 
-    def _run(self, spec: UploadSpec, chunks: Iterable[bytes], abandon: Abandon) -> Iterator[dict[str, Any]]:
+    def _run(self, spec: UploadSpec, chunks: Iterable[bytes], abandon: Abandon, inherited: Inherited) -> Iterator[dict[str, Any]]:
         staging = self.repository.new_staging()
         published = False
         try:
@@ -183,7 +185,7 @@ class UploadPipeline:
                 model_source = formats.extract_savedmodel(source, staging / "savedmodel", self.settings.max_upload_bytes * 4)
             job = {"source": str(model_source), "format": fmt, "out_dir": str(staging), "precision": spec.precision,
                    "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": "TF" in spec.devices,
-                   "tolerance": spec.parity_tolerance or None, "preprocess": spec.preprocess,
+                   "tolerance": spec.parity_tolerance or None, "preprocess": spec.preprocess or inherited.preprocess,
                    **_stage_inputs(staging / "samples", ("samples_npy", "sample_images"), spec.samples_npy, spec.sample_images),
                    **_stage_inputs(staging / "calibration", ("calibration_npy", "calibration_images"), spec.calibration_npy,
                                    spec.calibration_images)}
@@ -212,28 +214,77 @@ class UploadPipeline:
             if spec.labels:
                 manifest["labels"] = parse_labels(spec.labels, spec.labels_filename)
                 check_count(manifest["labels"], manifest["outputs"])
+            else:
+                inherited.apply_labels(manifest)
+            inherited.apply_rest(manifest)
             if model_source != source:
                 manifest["source"]["savedmodel_dir"] = model_source.relative_to(staging).as_posix()
             yield {"stage": "LOADING", "message": f"device preference {','.join(spec.devices)}"}
             started = time.perf_counter()
-            runner, backend, reason = self.manager.open_runner(staging, manifest, spec.devices)
+            runner, backend, reason = self.manager.open_runner(staging, manifest, spec.devices, self.repository.staging_cache(staging))
             manifest["timings"]["load_s"] = round(time.perf_counter() - started, 3)
             manifest["served_by"] = {"backend": backend, "reason": reason}
+            version = self.publish_and_install(staging, spec.name, manifest, runner, backend, reason, abandon)
+            published = True
+            log.info("model %s version %d ready: %s", spec.name, version, reason)
+            message = reason + (f"; {inherited.summary()}" if inherited.summary() else "")
+            yield {"stage": "READY", "name": spec.name, "version": str(version), "manifest": manifest, "message": message}
+        finally:
+            if not published:
+                self.repository.discard_staging(staging)
+
+    def publish_and_install(self, staging: Path, name: str, manifest: dict[str, Any], runner: Any, backend: str, reason: str,
+                            abandon: Abandon) -> int:
+        """Publish the staged version and make it serve, under one repository lock: a Delete of the same name runs
+        wholly before or after, so it never leaves a version installed whose files are gone (a ghost)."""
+        with self.repository.locked():
             try:
                 abandon.check()  # the client left or kvd is stopping: do not publish what nobody will hear of
-                version = self.repository.publish(staging, spec.name, manifest)
+                version = self.repository.publish(staging, name, manifest)
             except BaseException:
                 runner.close()
                 raise
-            published = True
-            entry = ModelVersion.from_manifest(spec.name, version, manifest)
+            entry = ModelVersion.from_manifest(name, version, manifest)
             entry.runner, entry.backend, entry.reason, entry.state = runner, backend, reason, READY
-            self.manager.install(entry)
-            log.info("model %s version %d ready: %s", spec.name, version, reason)
-            yield {"stage": "READY", "name": spec.name, "version": str(version), "manifest": manifest, "message": reason}
+            self.manager.install(entry, unload_older=False)
+        self.manager.sync(name)  # the policy decides which older versions stay loaded
+        return version
+
+    def rebuild(self, name: str, version: int) -> bool:
+        """Re-convert a stored version's IR from its kept source upload in a converter child (its IR files were
+        found damaged); the new files replace the old only if the child's parity check passed. False when there
+        is nothing to rebuild from (TF-only version, source itself damaged) or the conversion failed."""
+        manifest = self.repository.read_manifest(name, version)
+        folder = self.repository.version_dir(name, version)
+        source, ir, files = manifest.get("source") or {}, manifest.get("ir"), manifest.get("files") or {}
+        if not ir or not source.get("file") or source.get("file") not in files:
+            return False
+        if sha256_of(folder / source["file"]) != files[source["file"]]:
+            return False  # the source is damaged too
+        model_source = folder / (source.get("savedmodel_dir") or source["file"])
+        workdir = self.repository.new_staging("rebuild-")
+        try:
+            samples = folder / "samples" / "inputs.npy"
+            job = {"source": str(model_source), "format": source.get("format"), "out_dir": str(workdir),
+                   "precision": "auto" if manifest.get("precision_requested") == "auto" else (manifest.get("precision") or "fp32"),
+                   "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": False,
+                   "tolerance": None, "preprocess": {k: v for k, v in (manifest.get("preprocess") or {}).items() if k != "source"} or None,
+                   **({"samples_npy": str(samples)} if samples.is_file() else {})}
+            result: dict[str, Any] = {}
+            for event in run_conversion(job, workdir, self.settings.conversion_timeout_s, self.launcher):
+                result = event.get("result", result)
+            verdict = (result.get("parity") or {}).get("verdict", "pass" if (result.get("parity") or {}).get("passed") else "fail")
+            weights = manifest.get("precision") or job["precision"]
+            if not result.get("ir") or verdict == "fail" or result.get("precision", job["precision"]) != weights:
+                return False  # the rebuilt IR must prove itself, with the weights the manifest describes
+            names = [result["ir"]["xml"], result["ir"]["bin"]]
+            if names != [ir["xml"], ir["bin"]]:
+                return False
+            digests = {rel: digest for rel, digest in file_digests(workdir).items() if rel in names}
+            self.repository.replace_files(name, version, workdir, digests)
+            return True
         finally:
-            if not published:
-                shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def _receive(self, spec: UploadSpec, chunks: Iterable[bytes], target: Path, abandon: Abandon) -> Iterator[dict[str, Any]]:
         digest = hashlib.sha256()
@@ -281,6 +332,7 @@ class UploadPipeline:
             "quantization": result.get("quantization"),
             "warnings": result.get("warnings", []),
             "performance_hint": spec.performance_hint or None,
+            "batching": None,
             "timings": {**timings, **result["timings"]},
         }
 

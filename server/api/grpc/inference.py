@@ -102,7 +102,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         for entry in self.manager.entries():
             if request.ready and entry.state != READY:
                 continue
-            response.models.add(name=entry.name, version=str(entry.version), state=entry.state, reason=entry.reason)
+            response.models.add(name=entry.name, version=str(entry.version) if entry.version else "", state=entry.state, reason=entry.reason)
         return response
 
     def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: grpc.ServicerContext) -> pb.RepositoryModelLoadResponse:

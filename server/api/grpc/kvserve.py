@@ -16,6 +16,7 @@ from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
 from kvserve.server.uploads.benchmarks import Benchmarks, BenchmarkSpec
 from kvserve.server.errors import Cancelled, InvalidArgument, NotFound
 from kvserve.server.ops.limits import Abandon
+from kvserve.server.models import lifecycle
 from kvserve.server.models.manager import ModelManager
 from kvserve.server.models.repository import parse_version
 from kvserve.server.models.labels import check_count, parse_labels
@@ -70,9 +71,14 @@ class KvServeServicer(kv_grpc.KvServeServicer):
 
     def Delete(self, request: kv.DeleteRequest, context: grpc.ServicerContext) -> kv.DeleteResponse:
         version = parse_version(request.version) if request.version else None
-        removed = self.manager.repository.delete(request.name, version)
-        self.manager.forget(request.name, removed)
-        return kv.DeleteResponse(versions=[str(v) for v in removed])
+        return kv.DeleteResponse(versions=[str(v) for v in lifecycle.delete(self.manager, request.name, version)])
+
+    def Pin(self, request: kv.PinRequest, context: grpc.ServicerContext) -> kv.PinResponse:
+        return kv.PinResponse(**lifecycle.pin(self.manager, request.name, kv.PinRequest.Action.Name(request.action).lower(),
+                                              request.version))
+
+    def GetConfig(self, request: kv.GetConfigRequest, context: grpc.ServicerContext) -> kv.GetConfigResponse:
+        return kv.GetConfigResponse(config_json=json.dumps(self.manager.describe_config()))
 
     def Describe(self, request: kv.DescribeRequest, context: grpc.ServicerContext) -> kv.DescribeResponse:
         name, number = self._version(request.name, request.version)
