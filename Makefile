@@ -57,5 +57,10 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/serving.py $(BENCH_ARGS)
 
+# One writer and two read-only replicas on one repository (loopback): convergence, and a kill -9 under load.
+.PHONY: cluster-demo
+cluster-demo: $(STAMP)
+	$(BIN)/python examples/cluster_demo.py
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .demo

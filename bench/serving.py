@@ -127,7 +127,7 @@ def start_kvd(repository: Path, log_path: Path, *extra: str) -> Kvd:
     port_file.unlink(missing_ok=True)
     started = time.perf_counter()
     with open(log_path, "ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "kvserve.server.main", "--repository", str(repository),
+        process = subprocess.Popen([sys.executable, "-m", "kvserve.server.main", "--http-address", "", "--repository", str(repository),
                                     "--address", "127.0.0.1:0", "--port-file", str(port_file), *extra],
                                    stdout=out, stderr=subprocess.STDOUT)
     while not port_file.exists():

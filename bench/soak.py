@@ -67,7 +67,7 @@ def rss_mb(pid: int) -> float:
 def start_kvd(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port_file = workdir / "kvd.port"
     log = open(workdir / "kvd.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "kvserve.server.main", "--repository", str(workdir / "repo"),
+    process = subprocess.Popen([sys.executable, "-m", "kvserve.server.main", "--http-address", "", "--repository", str(workdir / "repo"),
                                 "--address", "127.0.0.1:0", "--port-file", str(port_file), "--metrics-address", "127.0.0.1:0",
                                 "--max-uploads", "1", "--upload-queue-seconds", "60"], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120

@@ -96,11 +96,16 @@ def _pack_directory(path: Path) -> bytes:
 class Client:
     def __init__(self, address: str | None = None, timeout: float | None = 60.0, max_message_bytes: int = MAX_MESSAGE_BYTES, *,
                  token: str | None = None, ca: str | os.PathLike[str] | None = None, cert: str | os.PathLike[str] | None = None,
-                 key: str | os.PathLike[str] | None = None) -> None:
-        """``token``/``ca``/``cert``/``key`` default to KVSERVE_TOKEN/KVSERVE_CA/KVSERVE_CERT/KVSERVE_KEY; a CA turns TLS on."""
+                 key: str | os.PathLike[str] | None = None, channel_options: list[tuple[str, object]] | None = None) -> None:
+        """``token``/``ca``/``cert``/``key`` default to KVSERVE_TOKEN/KVSERVE_CA/KVSERVE_CERT/KVSERVE_KEY; a CA turns TLS on.
+
+        ``channel_options`` are added to the channel's, e.g. ``kvserve.client.balancing.channel_options()`` with an
+        ``ipv4:a:1,b:2`` address to spread calls over replicas and retry UNAVAILABLE elsewhere.
+        """
         self.address = parse_address(address or default_server())
         self.timeout = timeout
-        options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes)]
+        options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes),
+                   *(channel_options or [])]
         self.channel = Credentials.resolve(token, ca, cert, key).channel(self.address, options)
         self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.kvserve = kv_grpc.KvServeStub(self.channel)

@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ class Daemon:
     metrics_port: int = 0
     http: Any = None  # kvserve.server.api.rest.serve.HttpServer, or None when --http-address is ''
     watchers: Watchers | None = None
+    fatal: threading.Event = field(default_factory=threading.Event)  # a --model could not be served: kvd exits 2
 
     def stop(self, grace: float | None = None, hurry: threading.Event | None = None) -> None:
         """Drain: health NOT_SERVING, new calls UNAVAILABLE, uploads abandoned, running calls get ``grace`` s."""
@@ -106,11 +107,14 @@ def build(settings: Settings) -> Daemon:
     check_exposure(settings)
     _check_can_listen(settings.address)
     credentials = server_credentials(settings)
-    repository = Repository(settings.repository)
-    removed = repository.clean_staging()
+    repository = Repository(settings.repository, settings.compiled_cache)
+    # A read-only replica shares the repository with a writer whose uploads are in .staging: leave them be.
+    removed = [] if settings.read_only else repository.clean_staging()
     if removed:
         log.info("removed %d leftovers of interrupted uploads or deletes from %s", len(removed), repository.staging_root)
-    removed = repository.clean_cache() + remove_orphan_logs()
+    # The shared .cache belongs to the writer; a read-only replica cleans only a cache of its own (--cache-dir).
+    shared_cache = settings.read_only and settings.compiled_cache is None
+    removed = ([] if shared_cache else repository.clean_cache()) + remove_orphan_logs()
     if removed:
         log.info("removed %d compiled-model cache entries or logs of deleted, failed or killed work", len(removed))
     config = initial_config(settings.config_file)
@@ -193,11 +197,26 @@ def start(daemon: Daemon) -> None:
         _write_port(settings.http_port_file, daemon.http.port)
     _write_port(settings.metrics_port_file, daemon.metrics_port)
     _write_port(settings.port_file, daemon.port)
-    threading.Thread(target=_load_then_watch, args=(daemon,), name="kvd-startup-load", daemon=True).start()
+    threading.Thread(target=_provision_then_load, args=(daemon,), name="kvd-startup-load", daemon=True).start()
 
 
-def _load_then_watch(daemon: Daemon) -> None:
-    """Load the repository, then start watching the config file and the repository (if asked)."""
+def _provision_then_load(daemon: Daemon) -> None:
+    """``--model`` models first (converted only if changed), then the repository; ready once both are done.
+
+    A ``--model`` that cannot be served stops kvd (exit 2, the reason in the log): a pod that serves nothing
+    of what it was started for must restart visibly, not report ready.
+    """
+    if daemon.settings.models and daemon.uploads is not None:
+        from kvserve.server.uploads.provision import ModelPath, Provisioner
+
+        provisioner = Provisioner(daemon.manager.repository, daemon.uploads, daemon.settings.default_precision)
+        for name, path in daemon.settings.models:
+            try:
+                log.info("--model %s", provisioner.ensure(ModelPath(name, path)))
+            except Exception as error:  # noqa: BLE001 - one clear line, then exit
+                log.error("--model %s=%s cannot be served: %s", name, path, str(error).splitlines()[0] if str(error) else type(error).__name__)
+                daemon.fatal.set()
+                return
     daemon.manager.load_all()
     if daemon.watchers is not None:
         daemon.watchers.start()

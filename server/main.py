@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
     parser.add_argument("--log-level", default=env("KVSERVE_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
     add_operations_arguments(parser)
     add_lifecycle_arguments(parser)
+    add_scale_out_arguments(parser)
     args = parser.parse_args(argv)
     return Settings(
         repository=args.repository or default_repository(),
@@ -63,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         allow_unsafe_deserialization=args.allow_unsafe_deserialization,
         **operations_settings(args),
         config_file=args.config, config_poll_s=args.config_poll_seconds, poll_seconds=args.poll_seconds,
+        **scale_out_settings(parser, args),
     ), args.log_level
 
 
@@ -75,6 +77,32 @@ def add_lifecycle_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config-poll-seconds", type=float, default=2.0, help="how often --config is checked for changes")
     group.add_argument("--poll-seconds", type=float, default=0.0,
                        help="look for versions added, changed or deleted by other processes every N s (0 = off)")
+
+
+def add_scale_out_arguments(parser: argparse.ArgumentParser) -> None:
+    """Models put on disk, serving-only replicas, per-pod compiled cache (docs/scale-out.md)."""
+    env = os.environ.get
+    group = parser.add_argument_group("scale-out")
+    group.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                       help="serve the Keras file, SavedModel or kvd version at PATH as NAME (repeatable; KServe: NAME=/mnt/models); "
+                            "converted into the repository at start-up, not again on restart")
+    group.add_argument("--read-only", action="store_true", default=env("KVSERVE_READ_ONLY", "") in {"1", "true", "yes"},
+                       help="serve only: refuse uploads, deletes and manifest edits (a replica of a shared repository)")
+    group.add_argument("--cache-dir", type=Path, default=env("KVSERVE_CACHE_DIR") or None,
+                       help="OpenVINO compiled-model cache (default <repository>/.cache; per pod when the repository is shared)")
+
+
+def scale_out_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, object]:
+    from kvserve.server.uploads.provision import ModelPath
+
+    try:
+        models = [ModelPath.parse(text) for text in args.model]
+    except ValueError as error:
+        parser.error(str(error))
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        parser.error(f"--model names a model twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    return {"models": tuple((m.name, m.path) for m in models), "read_only": args.read_only, "compiled_cache": args.cache_dir}
 
 
 def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, lambda _signum, _frame: daemon.watchers.reload())  # only sets an event
     start(daemon)
     while not stop.wait(0.2):  # a timed wait: the main thread must wake to run the Python signal handler,
-        pass                   # which never happens if the kernel hands the signal to a gRPC thread
+        if daemon.fatal.is_set():  # which never happens if the kernel hands the signal to a gRPC thread
+            break
+    if daemon.fatal.is_set():
+        daemon.stop(grace=0)
+        return 2
     log.info("shutting down: health NOT_SERVING, new calls refused, running calls get %.0f s", settings.grace_seconds)
     daemon.stop(hurry=hurry)
     log.info("stopped")

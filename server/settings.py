@@ -67,7 +67,11 @@ class Settings:
     config_file: Path | None = None
     config_poll_s: float = 2.0
     poll_seconds: float = 0.0
+    # scale-out (issue 15): models put on disk (KServe's /mnt/models), a serving-only replica, a per-pod cache
+    models: tuple[tuple[str, Path], ...] = ()  # --model NAME=PATH, converted at start-up unless already stored
+    read_only: bool = False  # no uploads, deletes or manifest edits over the API; the shared staging is left alone
+    compiled_cache: Path | None = None  # --cache-dir; None: <repository>/.cache
 
     @property
     def cache_dir(self) -> Path:
-        return self.repository / ".cache"
+        return self.compiled_cache or self.repository / ".cache"

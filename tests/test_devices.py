@@ -219,7 +219,7 @@ def test_a_mistyped_forced_precision_stops_kvd_with_one_line(tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "kvserve.server.main", "--repository", str(tmp_path / "repo"),
+    result = subprocess.run([sys.executable, "-m", "kvserve.server.main", "--http-address", "", "--repository", str(tmp_path / "repo"),
                              "--address", "127.0.0.1:0"], env={**os.environ, "KVSERVE_INFERENCE_PRECISION": "fp8"},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -173,6 +173,8 @@ def test_upload_racing_delete_leaves_no_ghost(stored, tmp_path):
         assert manager.resolve_label("race", "latest") == manager.resolve_label("race", "stable") == last
         with pytest.raises(NotFound, match="no version label 'canary'"):
             manager.resolve_label("race", "canary")
+        with pytest.raises(NotFound, match="model 'nope' not found"):
+            manager.resolve_label("nope", "latest")
     finally:
         manager.close()
         pipeline.launcher.close()
@@ -283,7 +285,7 @@ def test_sighup_reloads_the_config(stored, digits, kvd_factory, tmp_path):
 def test_bad_config_at_start_is_refused(tmp_path):
     config = tmp_path / "kvd.toml"
     config.write_text("[models.m]\nwarmup = -1\n")
-    done = subprocess.run([sys.executable, "-m", "kvserve.server.main", "--repository", str(tmp_path / "repo"),
+    done = subprocess.run([sys.executable, "-m", "kvserve.server.main", "--http-address", "", "--repository", str(tmp_path / "repo"),
                            "--address", "127.0.0.1:0", "--metrics-address", "", "--config", str(config)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "warmup must be a count" in done.stderr

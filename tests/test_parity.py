@@ -198,7 +198,7 @@ def perturbed(relative: float):
 
 
 @pytest.mark.parametrize("weights, execution, expected", [
-    ("fp32", "f32", 1e-4), ("fp16", "f32", 1e-2), ("fp16", "bf16", 3e-2), ("fp16", "f16", 3e-2),
+    ("fp32", "f32", 1e-3), ("fp16", "f32", 1e-2), ("fp16", "bf16", 3e-2), ("fp16", "f16", 3e-2),
     ("int8", "bf16", 0.25), ("int8", "f32", 0.25),
 ])
 def test_tolerance_follows_weights_and_the_executed_precision(weights, execution, expected):
@@ -207,7 +207,7 @@ def test_tolerance_follows_weights_and_the_executed_precision(weights, execution
 
 def test_an_unknown_execution_precision_gets_the_loosest_float_tolerance():
     assert tolerance_for("fp16", "unknown") == pytest.approx(3e-2)
-    assert tolerance_for("fp32", "unknown") == pytest.approx(3e-2), "an fp32 IR not known to run in f32 is not held to 1e-4"
+    assert tolerance_for("fp32", "unknown") == pytest.approx(3e-2), "an fp32 IR not known to run in f32 is not held to 1e-3"
 
 
 def test_parity_report_identical_passes():
@@ -233,10 +233,10 @@ def test_parity_report_feeds_both_models_the_same_seeded_batch():
     np.testing.assert_array_equal(seen[0]["x"], seeded_inputs(SPECS, 3)["x"])
 
 
-@pytest.mark.parametrize("precision, execution, relative, passed", [
-    ("fp32", "f32", 0.5e-4, True), ("fp32", "f32", 2e-4, False), ("fp32", "f32", 1e-2, False),
-    ("fp16", "f32", 0.9e-2, True), ("fp16", "f32", 1.1e-2, False),
-    ("fp16", "bf16", 1e-2, True), ("fp16", "bf16", 2.9e-2, True), ("fp16", "bf16", 3.1e-2, False), ("fp16", "bf16", 0.2, False),
+@pytest.mark.parametrize("precision, execution, relative, passed", [  # the parity batch must stay within half the promise
+    ("fp32", "f32", 0.4e-3, True), ("fp32", "f32", 0.6e-3, False), ("fp32", "f32", 1e-2, False),
+    ("fp16", "f32", 0.45e-2, True), ("fp16", "f32", 0.55e-2, False),
+    ("fp16", "bf16", 1e-2, True), ("fp16", "bf16", 1.4e-2, True), ("fp16", "bf16", 1.6e-2, False), ("fp16", "bf16", 0.2, False),
 ])
 def test_parity_report_tolerance_per_precision(precision, execution, relative, passed):
     report = parity_report(reference, perturbed(relative), SPECS, precision, execution)

@@ -78,7 +78,7 @@ def test_non_loopback_needs_protection_or_insecure():
 
 
 def test_kvd_refuses_to_listen_openly(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "kvserve.server.main", "--repository", str(tmp_path / "r"),
+    result = subprocess.run([sys.executable, "-m", "kvserve.server.main", "--http-address", "", "--repository", str(tmp_path / "r"),
                              "--address", "0.0.0.0:0", "--metrics-address", ""], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0:0 without TLS or tokens" in result.stderr

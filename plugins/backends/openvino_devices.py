@@ -132,7 +132,8 @@ class OpenVINOBackend:
 
     def can_serve(self, manifest: Mapping[str, Any]) -> str | None:
         if not manifest.get("ir"):
-            return "the model has no OpenVINO IR (conversion failed or was skipped)"
+            error = manifest.get("conversion_error")
+            return f"the model has no OpenVINO IR ({error})" if error else "the model has no OpenVINO IR (conversion was skipped)"
         return None
 
     def compile_config(self, request: LoadRequest) -> dict[str, str]:

@@ -206,6 +206,8 @@ class ModelManager:
         requests that name none (pin or policy), ``latest`` = the highest ready one, digits = that version."""
         if label.isascii() and label.isdigit():
             return int(label)
+        if not self.has(name) and not (is_name(name) and self.repository.versions(name)):
+            raise NotFound(self.not_found_message(name))
         if label in ("stable", "default"):
             return self.default_version(name).version
         if label == "latest":

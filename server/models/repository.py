@@ -138,15 +138,16 @@ class Repository:
     across publish + install or delete + forget, so an upload racing a delete never installs a ghost.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cache_dir: Path | None = None) -> None:
+        """``cache_dir``: OpenVINO's compiled models, per replica when the repository is shared (default <root>/.cache)."""
         self.root = Path(root).resolve()
         self.staging_root = self.root / STAGING
-        self.cache_dir = self.root / CACHE
+        self.cache_dir = Path(cache_dir).resolve() if cache_dir else self.root / CACHE
         self._lock = threading.RLock()
         self._depth = 0
         self.root.mkdir(parents=True, exist_ok=True)
         self.staging_root.mkdir(exist_ok=True)
-        self.cache_dir.mkdir(exist_ok=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
 
     @contextmanager

@@ -80,13 +80,19 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
                  "preprocess": preprocess}
     describe = {"name": converter.name, **_framework_versions(), **model.details}
     try:
-        climbed = _climb(job, channel, converter, model, preprocess, requested, started)
+        try:
+            climbed = _climb(job, channel, converter, model, preprocess, requested, started)
+        except (ConversionFailed, ModelRejected):
+            raise
+        except Exception as error:  # noqa: BLE001 - a model kind the converter mishandles: TF may still serve it
+            raise ConversionFailed(f"{converter.name} failed on this model ({type(error).__name__}: {_first_line(error)})") from None
         return {**signature, **climbed, "converter": {**describe, "openvino": climbed.pop("openvino")}}
     except ConversionFailed as error:
         if not job.get("fallback_allowed"):
             raise
         emit(channel, {"stage": "converting", "message": f"{error}; falling back to the TF backend"})
-        return {**signature, "ir": None, "conversion_error": str(error), "parity": None, "converter": describe,
+        return {**signature, "ir": None, "conversion_error": str(error), "parity": getattr(error, "parity", None),
+                "ladder": getattr(error, "ladder", []), "precision_requested": requested, "converter": describe,
                 "precision": "fp32", "timings": {"convert_s": round(time.perf_counter() - started, 3)}}
 
 
@@ -175,7 +181,9 @@ def _climb(job: dict[str, Any], channel: TextIO, converter: Any, model: Any, pre
             emit(channel, {"stage": "verifying", "message": f"{_rung_name(weights, required)} {why}; trying the next precision"})
     weights, required, report = chosen
     if requested == "auto" and report["verdict"] == "fail" and job.get("fallback_allowed"):
-        raise ConversionFailed(f"parity failed at every precision tried ({'; '.join(_rung_line(r) for r in ladder)})")
+        failed = ConversionFailed(f"parity failed at every precision tried ({'; '.join(_rung_line(r) for r in ladder)})")
+        failed.ladder, failed.parity = ladder, report  # kept in the manifest beside the TF fallback
+        raise failed
     return {**extra,
             "ir": {"xml": converted[weights].name, "bin": converted[weights].with_suffix(".bin").name},
             "precision": weights,

@@ -18,11 +18,15 @@ from kvserve.server.uploads.parity_inputs import degenerate, fixed_batch, run_ch
 
 # What the product promises, as a max rel diff (abs diff over the output's spread), by what actually ran: the
 # weights stored in the IR and the precision OpenVINO executed in (read from the compiled model, never assumed
-# from the CPU). f32 execution of fp32 weights matches to rounding; fp16 weights move outputs by up to ~1e-3 of
+# from the CPU). f32 execution of fp32 weights matches to accumulation order (~1e-4 on a deep ResNet with
+# caffe-style inputs); fp16 weights move outputs by up to ~1e-3 of
 # their range; bf16 execution (the default on every CPU with avx512_bf16 or AMX) and f16 execution by up to
 # ~1e-2; int8 by up to ~1e-1 (judged on the calibration set, where top-1 agreement is recorded too).
-WEIGHT_TOLERANCES: dict[str, float] = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.25}
-EXECUTION_TOLERANCES: dict[str, float] = {"f32": 1e-4, "bf16": 3e-2, "f16": 3e-2}
+WEIGHT_TOLERANCES: dict[str, float] = {"fp32": 1e-3, "fp16": 1e-2, "int8": 0.25}
+EXECUTION_TOLERANCES: dict[str, float] = {"f32": 1e-3, "bf16": 3e-2, "f16": 3e-2}
+# The promise holds for inputs the check never saw, so the parity batch must stay within this fraction of it
+# (a user-given --tolerance is taken as is). Measured: VGG16 in bf16 drifted 2.5x further on fresh inputs.
+HEADROOM = 0.5
 
 
 def tolerance_for(weights: str, execution: str) -> float:
@@ -122,10 +126,11 @@ def parity_report(
     report = compare(expected, run_chunked(candidate, feeds, chunk))
     weak = weak or degenerate(expected)
     limit = tolerance_for(precision, execution) if tolerance is None else tolerance
-    within = bool(report["max_rel_diff"] <= limit)
+    checked = limit * HEADROOM if tolerance is None else limit
+    within = bool(report["max_rel_diff"] <= checked)
     samples = int(next(iter(feeds.values())).shape[0]) if feeds and next(iter(feeds.values())).ndim else 1
     report.update({"samples": samples, "inputs": feeds_source, "precision": precision, "execution_precision": execution,
-                   "tolerance_max_rel_diff": limit, "within_tolerance": within, "weak": weak,
+                   "tolerance_max_rel_diff": limit, "checked_max_rel_diff": checked, "within_tolerance": within, "weak": weak,
                    "verdict": "weak" if weak else ("pass" if within else "fail"), "passed": within and not weak})
     return report
 

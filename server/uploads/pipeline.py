@@ -217,6 +217,7 @@ class UploadPipeline:
             else:
                 inherited.apply_labels(manifest)
             inherited.apply_rest(manifest)
+            manifest["inherited"] = inherited.summary() or None  # what a re-upload took over from the previous version
             if model_source != source:
                 manifest["source"]["savedmodel_dir"] = model_source.relative_to(staging).as_posix()
             yield {"stage": "LOADING", "message": f"device preference {','.join(spec.devices)}"}

@@ -14,7 +14,7 @@ from kvserve.plugins.manager import Plugins
 from kvserve.proto import kvserve_service_pb2 as kv
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
 from kvserve.server.uploads.benchmarks import Benchmarks, BenchmarkSpec
-from kvserve.server.errors import Cancelled, InvalidArgument, NotFound
+from kvserve.server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound
 from kvserve.server.ops.limits import Abandon
 from kvserve.server.models import lifecycle
 from kvserve.server.models.manager import ModelManager
@@ -41,7 +41,13 @@ class KvServeServicer(kv_grpc.KvServeServicer):
         self.plugins = plugins
         self.benchmarks = benchmarks or Benchmarks(manager)
 
+    def _writable(self, what: str) -> None:
+        """A ``--read-only`` replica serves a repository some other kvd writes: it refuses every change."""
+        if self.manager.settings.read_only:
+            raise FailedPrecondition(f"this kvd is read-only (--read-only) and takes no {what}; send it to the writer kvd of this repository")
+
     def Upload(self, request_iterator: Iterator[kv.UploadRequest], context: grpc.ServicerContext) -> Iterator[kv.UploadEvent]:
+        self._writable("uploads")
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("kind") != "header":
             raise InvalidArgument("an upload starts with a header (name, filename, size) before any chunk")
@@ -70,10 +76,12 @@ class KvServeServicer(kv_grpc.KvServeServicer):
             )
 
     def Delete(self, request: kv.DeleteRequest, context: grpc.ServicerContext) -> kv.DeleteResponse:
+        self._writable("deletes")
         version = parse_version(request.version) if request.version else None
         return kv.DeleteResponse(versions=[str(v) for v in lifecycle.delete(self.manager, request.name, version)])
 
     def Pin(self, request: kv.PinRequest, context: grpc.ServicerContext) -> kv.PinResponse:
+        self._writable("pins")
         return kv.PinResponse(**lifecycle.pin(self.manager, request.name, kv.PinRequest.Action.Name(request.action).lower(),
                                               request.version))
 
@@ -85,6 +93,7 @@ class KvServeServicer(kv_grpc.KvServeServicer):
         return self._describe(name, number, self.manager.repository.read_manifest(name, number))
 
     def Configure(self, request: kv.ConfigureRequest, context: grpc.ServicerContext) -> kv.DescribeResponse:
+        self._writable("manifest edits")
         name, number = self._version(request.name, request.version)
         manifest = self.manager.repository.read_manifest(name, number)
         changes: dict[str, Any] = {}

@@ -1,0 +1,617 @@
+"""A zoo of standard Keras models, served through a real kvd and checked against Keras in this process.
+
+Each entry builds a model with ``weights=None`` at a small input size, gives it weights whose outputs vary
+(BatchNorm moving statistics taken from a realistic batch, classifier logits spread out), saves it in one
+format (.keras, Keras 3 .h5, tf_keras .h5, or an exported SavedModel packed as .zip) and says how its real
+inputs look (caffe-style pixels, 0-255 pixels, tokens inside the vocabulary, strings, dicts...). ``run_entry``
+uploads it through ``kvserve.client.Client`` and reports the backend and precision rung kvd chose, the max
+relative difference from Keras on fresh inputs and the tolerance the manifest records, or the refusal line.
+
+Produce the compatibility table (docs/compatibility.md) with:
+
+    .venv/bin/python tests/zoo.py --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import os
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SEED = 1234
+ROWS = 4  # rows per served comparison
+CALIBRATION_ROWS = 8  # rows whose batch statistics become the BatchNorm moving statistics
+
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One zoo model: how to build it, save it and draw inputs like the ones it will really see."""
+
+    name: str
+    category: str
+    fmt: str  # "keras", "h5", "tf_keras_h5" or "savedmodel"
+    build: Callable[[], Any]
+    draw: Callable[[np.random.Generator, int], Any]
+    refuse: str = ""  # non-empty: the upload must be refused with one line naming this
+    needs: str = ""  # what kvd must be started with for this entry (e.g. "custom-objects")
+    heavy: bool = False
+
+
+@dataclass
+class Result:
+    """What happened to one entry; ``outcome`` is served, refused, wrong or error."""
+
+    name: str
+    fmt: str
+    outcome: str
+    backend: str = ""
+    rung: str = ""
+    max_rel_diff: float | None = None
+    tolerance: float | None = None
+    message: str = ""
+    code: str = ""
+    parity: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def row(self) -> list[str]:
+        if self.outcome == "served":
+            detail = f"{self.max_rel_diff:.2g} (tolerance {self.tolerance:.2g})"
+        else:
+            detail = f"{self.outcome.upper()}: {' '.join(self.message.split())[:300]}"
+        return [self.name, self.fmt, self.backend or "-", self.rung or "-", detail.replace("|", "\\|")]
+
+
+# --- inputs drawn like the real ones ---------------------------------------------------------------
+def _photos(rng: np.random.Generator, rows: int, size: int) -> np.ndarray:
+    """Image-like 0-255 pixels: smooth blobs (coarse noise upsampled) plus fine noise, not flat uniform noise."""
+    coarse = rng.uniform(0, 255, size=(rows, 4, 4, 3))
+    smooth = np.repeat(np.repeat(coarse, -(-size // 4), axis=1), -(-size // 4), axis=2)[:, :size, :size]
+    return np.clip(smooth + rng.normal(0, 20, size=smooth.shape), 0, 255).astype(np.float32)
+
+
+def pixels(size: int, mode: str) -> Callable[[np.random.Generator, int], np.ndarray]:
+    """Photos preprocessed as the Keras application expects them (``mode`` as keras.applications.imagenet_utils)."""
+
+    def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
+        x = _photos(rng, rows, size)
+        if mode == "raw":  # the model rescales inside (EfficientNet, MobileNetV3, ConvNeXt)
+            return x
+        if mode == "tf":
+            return x / 127.5 - 1.0
+        if mode == "caffe":
+            return (x[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32)).astype(np.float32)
+        if mode == "torch":
+            return ((x / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).astype(np.float32)
+        raise ValueError(mode)
+
+    return draw
+
+
+def sequences(steps: int, features: int) -> Callable[[np.random.Generator, int], np.ndarray]:
+    def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
+        return rng.normal(0, 1, size=(rows, steps, features)).astype(np.float32)
+
+    return draw
+
+
+def tokens(length: int, vocabulary: int) -> Callable[[np.random.Generator, int], np.ndarray]:
+    """Integer token ids inside the Embedding's vocabulary (0 is padding, so from 1)."""
+
+    def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
+        return rng.integers(1, vocabulary, size=(rows, length)).astype(np.int32)
+
+    return draw
+
+
+WORDS = "the a model served fast slow keras openvino cat dog runs sleeps on mat red blue".split()
+
+
+def sentences(rng: np.random.Generator, rows: int) -> np.ndarray:
+    """Short sentences, some with words outside the vocabulary, as a (rows, 1) object array of bytes."""
+    extra = ["zebra", "quantum"]
+    out = np.empty((rows, 1), dtype=object)
+    for i in range(rows):
+        words = rng.choice(WORDS + extra, size=int(rng.integers(2, 9)))
+        out[i, 0] = " ".join(words).encode()
+    return out
+
+
+def features(**widths: int) -> Callable[[np.random.Generator, int], dict[str, np.ndarray]]:
+    def draw(rng: np.random.Generator, rows: int) -> dict[str, np.ndarray]:
+        return {name: rng.normal(0, 1, size=(rows, width)).astype(np.float32) for name, width in widths.items()}
+
+    return draw
+
+
+# --- making outputs vary -------------------------------------------------------------------------
+def realistic(model: Any, draw: Callable[[np.random.Generator, int], Any], seed: int = SEED) -> Any:
+    """Give a weights=None model weights whose outputs differ between inputs.
+
+    BatchNorm gammas/betas get a spread, then its moving statistics become those of a realistic batch (one
+    training-mode pass with momentum 0), so every normalised activation is in range at inference. The last
+    Dense layer's kernel is rescaled so its logits spread (std ~2 across the batch) around zero.
+    """
+    import keras
+
+    rng = np.random.default_rng(seed)
+    norms = [layer for layer in _layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        if layer.gamma is not None:
+            layer.gamma.assign(rng.uniform(0.6, 1.4, size=layer.gamma.shape).astype("float32"))
+        if layer.beta is not None:
+            layer.beta.assign(rng.normal(0, 0.1, size=layer.beta.shape).astype("float32"))
+    batch = draw(np.random.default_rng(seed + 1), CALIBRATION_ROWS)
+    if norms:
+        momenta = [layer.momentum for layer in norms]
+        for layer in norms:
+            layer.momentum = 0.0
+        model(batch, training=True)
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+    dense = [layer for layer in _layers(model) if isinstance(layer, keras.layers.Dense)]
+    if dense:
+        head = dense[-1]
+        probe = keras.Model(model.inputs, head.input)
+        feats = np.asarray(probe(batch), dtype=np.float64).reshape(CALIBRATION_ROWS, -1)
+        kernel = rng.normal(0, 1, size=head.kernel.shape)
+        centred = (feats - feats.mean(0)) @ kernel
+        kernel *= 2.0 / max(float(centred.std()), 1e-6)
+        head.kernel.assign(kernel.astype(head.kernel.dtype))
+        if head.bias is not None:
+            head.bias.assign((-(feats.mean(0) @ kernel) + rng.normal(0, 0.5, size=head.bias.shape)).astype(head.bias.dtype))
+    return model
+
+
+def _layers(model: Any) -> Iterator[Any]:
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
+
+
+# --- the zoo ---------------------------------------------------------------------------------------
+def _app(factory: str, size: int, **kwargs: Any) -> Callable[[], Any]:
+    def build() -> Any:
+        import keras
+
+        return getattr(keras.applications, factory)(weights=None, input_shape=(size, size, 3), classes=10, **kwargs)
+
+    return build
+
+
+def _small_cnn() -> Any:
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    return keras.Model(inputs, layers.Dense(5, activation="softmax", name="probabilities")(x))
+
+
+def _tf_keras_cnn() -> Any:
+    import tf_keras
+    from tf_keras import layers
+
+    model = tf_keras.Sequential([tf_keras.Input((16, 16, 3)), layers.Conv2D(8, 3, activation="relu"), layers.BatchNormalization(),
+                                 layers.GlobalAveragePooling2D(), layers.Dense(5, activation="softmax")])
+    rng = np.random.default_rng(SEED)
+    for weight in model.weights:
+        weight.assign(rng.normal(0, 0.3, size=weight.shape).astype("float32") + (1.0 if "variance" in weight.name else 0.0))
+    return model
+
+
+def _recurrent(kind: str) -> Callable[[], Any]:
+    def build() -> Any:
+        import keras
+        from keras import layers
+
+        inputs = keras.Input((12, 6), name="series")
+        if kind == "lstm":
+            x = layers.LSTM(16)(inputs)
+        elif kind == "gru":
+            x = layers.GRU(16)(inputs)
+        else:
+            x = layers.Bidirectional(layers.LSTM(8, return_sequences=True))(inputs)
+            x = layers.GlobalAveragePooling1D()(x)
+        return keras.Model(inputs, layers.Dense(4, name="forecast")(x))
+
+    return build
+
+
+def _transformer() -> Any:
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((16,), dtype="int32", name="tokens")
+    x = layers.Embedding(200, 32)(inputs)
+    attended = layers.MultiHeadAttention(num_heads=2, key_dim=16)(x, x)
+    x = layers.LayerNormalization()(x + attended)
+    x = layers.LayerNormalization()(x + layers.Dense(32)(layers.Dense(64, activation="relu")(x)))
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(3, activation="softmax", name="sentiment")(x))
+
+
+def _embedding_text() -> Any:
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((20,), dtype="int32", name="tokens")
+    x = layers.Embedding(500, 16)(inputs)
+    x = layers.Conv1D(16, 3, activation="relu")(x)
+    x = layers.GlobalMaxPooling1D()(x)
+    return keras.Model(inputs, layers.Dense(2, activation="softmax", name="label")(x))
+
+
+def _strings() -> Any:
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((1,), dtype="string", name="text")
+    x = layers.TextVectorization(max_tokens=40, output_sequence_length=8, vocabulary=WORDS)(inputs)
+    x = layers.Embedding(40, 8)(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(3, activation="softmax", name="topic")(x))
+
+
+def _dict_inputs() -> Any:
+    import keras
+    from keras import layers
+
+    inputs = {"age": keras.Input((3,), name="age"), "income": keras.Input((5,), name="income")}
+    x = layers.Concatenate()([layers.Dense(8, activation="relu")(inputs["age"]), layers.Dense(8, activation="relu")(inputs["income"])])
+    return keras.Model(inputs, layers.Dense(2, activation="softmax", name="risk")(x))
+
+
+def _multi_io() -> Any:
+    import keras
+    from keras import layers
+
+    left, right = keras.Input((6,), name="left"), keras.Input((4,), name="right")
+    x = layers.Concatenate()([left, right])
+    x = layers.Dense(16, activation="relu")(x)
+    return keras.Model([left, right], {"score": layers.Dense(1, name="score")(x),
+                                       "kind": layers.Dense(3, activation="softmax", name="kind")(x)})
+
+
+def _preprocessing_inside() -> Any:
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((24, 24, 3), name="image")
+    x = layers.Resizing(16, 16)(inputs)
+    x = layers.Rescaling(1 / 255.0)(x)
+    x = layers.Normalization(mean=[0.5, 0.4, 0.3], variance=[0.08, 0.07, 0.06])(x)
+    x = layers.Conv2D(8, 3, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(4, activation="softmax", name="probabilities")(x))
+
+
+def _mixed_precision() -> Any:
+    import keras
+    from keras import layers
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inputs = keras.Input((16, 16, 3), name="image")
+        x = layers.Conv2D(8, 3, activation="relu")(inputs)
+        x = layers.BatchNormalization()(x)
+        x = layers.GlobalAveragePooling2D()(x)
+        x = layers.Dense(5)(x)
+        outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+        return keras.Model(inputs, outputs)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _custom(registered: bool) -> Callable[[], Any]:
+    def build() -> Any:
+        import keras
+        from keras import layers
+
+        inputs = keras.Input((8,), name="features")
+        x = layers.Dense(8)(inputs)
+        x = _zoo_scale()(x) if registered else ZooUnregistered()(x)
+        return keras.Model(inputs, layers.Dense(3, activation="softmax", name="probabilities")(x))
+
+    return build
+
+
+def _zoo_scale() -> Any:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from zoo_objects import ZooScale
+
+    return ZooScale()
+
+
+def _lambda() -> Any:
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((8,), name="features")
+    x = layers.Lambda(lambda t: t * 2.0 + 1.0, name="double_plus_one")(inputs)
+    return keras.Model(inputs, layers.Dense(3, activation="softmax", name="probabilities")(x))
+
+
+def _unregistered_class() -> type:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="zoo_private")
+    class ZooUnregistered(keras.layers.Layer):
+        """A custom layer that lives only in the uploader's process: kvd has no way to know it."""
+
+        def call(self, inputs):
+            return inputs * 2.0 - 1.0
+
+    return ZooUnregistered
+
+
+class _Lazy:
+    """ZooUnregistered is defined on first use so importing this module does not import Keras."""
+
+    _cls: type | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _Lazy._cls is None:
+            _Lazy._cls = _unregistered_class()
+        return _Lazy._cls(*args, **kwargs)
+
+
+ZooUnregistered = _Lazy()
+
+# Light entries first, so a run that is cut short still covers every category.
+ZOO: tuple[Entry, ...] = (
+    # recurrent and attention
+    Entry("LSTM", "rnn", "keras", _recurrent("lstm"), sequences(12, 6)),
+    Entry("GRU", "rnn", "h5", _recurrent("gru"), sequences(12, 6)),
+    Entry("Bidirectional-LSTM", "rnn", "savedmodel", _recurrent("bidirectional"), sequences(12, 6)),
+    Entry("Transformer", "attention", "keras", _transformer, tokens(16, 200)),
+    # text, strings, dicts, several inputs and outputs
+    Entry("Embedding-Conv1D", "text", "keras", _embedding_text, tokens(20, 500)),
+    Entry("TextVectorization", "strings", "keras", _strings, sentences),
+    Entry("dict-inputs", "dict", "keras", _dict_inputs, features(age=3, income=5)),
+    Entry("multi-io-named", "multi-io", "keras", _multi_io, features(left=6, right=4)),
+    Entry("multi-io-named", "multi-io", "savedmodel", _multi_io, features(left=6, right=4)),
+    Entry("preprocessing-inside", "preprocessing", "keras", _preprocessing_inside, lambda rng, n: _photos(rng, n, 24)),
+    Entry("mixed_float16", "mixed-precision", "keras", _mixed_precision, pixels(16, "tf")),
+    # formats of one small CNN
+    Entry("small-cnn", "formats", "keras", _small_cnn, pixels(16, "tf")),
+    Entry("small-cnn", "formats", "h5", _small_cnn, pixels(16, "tf")),
+    Entry("small-cnn", "formats", "savedmodel", _small_cnn, pixels(16, "tf")),
+    Entry("small-cnn-tf_keras", "formats", "tf_keras_h5", _tf_keras_cnn, pixels(16, "tf")),
+    # custom code
+    Entry("custom-layer-plugin", "custom", "keras", _custom(True), features(features=8), needs="custom-objects"),
+    Entry("custom-layer-no-plugin", "custom", "keras", _custom(False), features(features=8), refuse="ZooUnregistered"),
+    Entry("Lambda", "custom", "keras", _lambda, features(features=8), refuse="Lambda"),
+    # keras.applications families, weights=None, small inputs, preprocessed as each family expects
+    Entry("ResNet50", "applications", "keras", _app("ResNet50", 32), pixels(32, "caffe"), heavy=True),
+    Entry("MobileNetV2", "applications", "keras", _app("MobileNetV2", 32), pixels(32, "tf")),
+    Entry("MobileNetV2", "applications", "h5", _app("MobileNetV2", 32), pixels(32, "tf")),
+    Entry("MobileNetV3Small", "applications", "keras", _app("MobileNetV3Small", 32), pixels(32, "raw")),
+    Entry("EfficientNetB0", "applications", "keras", _app("EfficientNetB0", 32), pixels(32, "raw"), heavy=True),
+    Entry("EfficientNetV2B0", "applications", "keras", _app("EfficientNetV2B0", 32), pixels(32, "raw"), heavy=True),
+    Entry("DenseNet121", "applications", "keras", _app("DenseNet121", 32), pixels(32, "torch"), heavy=True),
+    Entry("NASNetMobile", "applications", "keras", _app("NASNetMobile", 32), pixels(32, "tf"), heavy=True),
+    Entry("ConvNeXtTiny", "applications", "keras", _app("ConvNeXtTiny", 32), pixels(32, "raw"), heavy=True),
+    Entry("Xception", "applications", "keras", _app("Xception", 71), pixels(71, "tf"), heavy=True),
+    Entry("InceptionV3", "applications", "savedmodel", _app("InceptionV3", 75), pixels(75, "tf"), heavy=True),
+    Entry("VGG16", "applications", "keras", _app("VGG16", 32), pixels(32, "caffe"), heavy=True),
+)
+
+
+def entry_id(entry: Entry) -> str:
+    return f"{entry.name}.{entry.fmt}"
+
+
+# --- building, saving, serving ---------------------------------------------------------------------
+@dataclass
+class Built:
+    entry: Entry
+    path: Path
+    inputs: Any
+    reference: dict[str, np.ndarray]
+
+
+def build(entry: Entry, out_dir: Path) -> Built:
+    """Build, weight, save the model, and compute Keras's answer on fresh inputs in this process."""
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    model = entry.build()
+    if entry.fmt != "tf_keras_h5":
+        realistic(model, entry.draw)
+    inputs = entry.draw(np.random.default_rng(SEED + 2), ROWS)
+    raw = model(inputs, training=False) if entry.fmt != "tf_keras_h5" else model(inputs)
+    reference = {k: np.asarray(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {"": np.asarray(raw)}
+    stem = out_dir / entry_id(entry).replace("-", "_").replace(".", "_")
+    if entry.fmt == "keras":
+        path = stem.with_suffix(".keras")
+        model.save(path)
+    elif entry.fmt in ("h5", "tf_keras_h5"):
+        path = stem.with_suffix(".h5")
+        model.save(path)
+    else:
+        export = stem.with_name(stem.name + "_savedmodel")
+        with _quiet():
+            model.export(export, verbose=False)
+        path = stem.with_suffix(".zip")
+        with zipfile.ZipFile(path, "w") as archive:
+            for file in sorted(export.rglob("*")):
+                archive.write(file, file.relative_to(export.parent))
+    return Built(entry, path, inputs, reference)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+def _served_name(entry: Entry) -> str:
+    return "zoo-" + entry_id(entry).replace("_", "-").replace(".", "-").lower()
+
+
+def rung_of(manifest: Mapping[str, Any], backend: str) -> str:
+    """The precision rung that serves: the ladder's last rung, else weights/execution from the parity report."""
+    if backend == "TF":
+        return "original (TF)"
+    ladder = manifest.get("ladder") or []
+    if ladder:
+        last = ladder[-1]
+        return f"{last.get('weights')}/{last.get('execution')}"
+    parity = manifest.get("parity") or {}
+    return f"{manifest.get('precision')}/{parity.get('execution_precision', '?')}"
+
+
+def tolerance_of(manifest: Mapping[str, Any], backend: str) -> float:
+    """The tolerance the manifest records (the parity check's own bound); TF runs the original model in fp32."""
+    from kvserve.server.uploads.parity import tolerance_for
+
+    parity = manifest.get("parity") or {}
+    if "tolerance_max_rel_diff" in parity:
+        return float(parity["tolerance_max_rel_diff"])
+    if backend == "TF":
+        return tolerance_for("fp32", "f32")
+    from precision import promised
+
+    return promised(manifest)
+
+
+def run_entry(built: Built, client: Any, timeout: float = 600) -> Result:
+    """Upload through the client, then compare kvd's answer with Keras's; never raises for a model problem."""
+    import grpc
+
+    from precision import rel_diff
+
+    entry, started = built.entry, time.monotonic()
+    name = _served_name(entry)
+    result = Result(entry.name, entry.fmt, "error")
+    try:
+        client.upload(built.path, name=name, timeout=timeout)
+    except grpc.RpcError as error:
+        result.outcome, result.code, result.message = "refused", error.code().name, error.details() or ""
+        result.seconds = time.monotonic() - started
+        return result
+    try:
+        described = client.describe(name)
+        manifest = described["manifest"]
+        result.backend = (manifest.get("served_by") or {}).get("backend") or described.get("device", "")
+        result.rung = rung_of(manifest, result.backend)
+        result.tolerance = tolerance_of(manifest, result.backend)
+        result.parity = manifest.get("parity") or {}
+        feeds = built.inputs if isinstance(built.inputs, Mapping) else built.inputs
+        served = client.infer(name, feeds)
+        worst = 0.0
+        for key, expected in built.reference.items():
+            if key:
+                if key not in served:
+                    raise KeyError(f"output '{key}' missing; kvd answered {sorted(served)}")
+                got = served[key]
+            else:
+                if len(served) != 1:
+                    raise KeyError(f"expected one output, kvd answered {sorted(served)}")
+                got = next(iter(served.values()))
+            if got.shape != expected.shape:
+                raise ValueError(f"output shape {got.shape} != Keras {expected.shape}")
+            worst = max(worst, rel_diff(got, expected))
+        result.max_rel_diff = worst
+        result.outcome = "served" if worst <= result.tolerance else "wrong"
+        if result.outcome == "wrong":
+            result.message = f"max rel diff {worst:.3g} > tolerance {result.tolerance:.3g}"
+    except grpc.RpcError as error:
+        result.outcome, result.code, result.message = "error", error.code().name, f"infer: {error.details()}"
+    except Exception as error:  # noqa: BLE001 - the table reports whatever went wrong, one line per model
+        result.outcome, result.message = "error", f"{type(error).__name__}: {error}".splitlines()[0]
+    result.seconds = time.monotonic() - started
+    return result
+
+
+@functools.lru_cache(maxsize=None)
+def kvd_supports(option: str) -> bool:
+    """Whether this kvd has a command-line option (the custom-objects hook lands on its own branch)."""
+    import subprocess
+
+    usage = subprocess.run([sys.executable, "-m", "kvserve.server.main", "--help"], capture_output=True, text=True, timeout=120)
+    return option in usage.stdout
+
+
+def kvd_arguments() -> tuple[list[str], dict[str, str]]:
+    """kvd's arguments and environment for the zoo: tests/zoo_objects.py as the trusted custom-objects module."""
+    if not kvd_supports("--custom-objects"):
+        return [], {}
+    tests_dir = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)
+    return ["--custom-objects", "zoo_objects"], {"PYTHONPATH": path}
+
+
+def build_and_run(entry: Entry, client: Any, out_dir: Path, building: threading.Lock) -> Result:
+    """Build under ``building`` (Keras state is global), then serve and compare; a build failure is a result too."""
+    started = time.monotonic()
+    try:
+        with building:
+            built = build(entry, out_dir)
+    except Exception as error:  # noqa: BLE001 - the table reports whatever went wrong, one line per model
+        return Result(entry.name, entry.fmt, "error", message=f"build: {type(error).__name__}: {error}".splitlines()[0])
+    result = run_entry(built, client)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def submit_all(pool: ThreadPoolExecutor, entries: list[Entry], client: Any, out_dir: Path) -> dict[str, Future]:
+    """Start every entry on ``pool``: with two workers one model is built while kvd converts another."""
+    building = threading.Lock()
+    return {entry_id(entry): pool.submit(build_and_run, entry, client, out_dir, building) for entry in entries}
+
+
+def markdown(results: list[Result]) -> str:
+    lines = ["| model | format | backend | precision rung | max rel diff (tolerance) or refusal |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r.row()) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the zoo, serve it from a fresh kvd, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table (docs/compatibility.md)")
+    parser.add_argument("--only", default="", help="comma-separated entry ids (e.g. LSTM.keras,Lambda.keras)")
+    parser.add_argument("--light", action="store_true", help="skip the heavy keras.applications entries")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conftest import start_kvd
+
+    entries = [e for e in ZOO if (not args.only or entry_id(e) in args.only.split(",")) and not (args.light and e.heavy)]
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="kvserve-zoo-") as tmp:
+        extra, env = kvd_arguments()
+        kvd = start_kvd(Path(tmp) / "repo", *extra, env=env)
+        try:
+            with kvd.client(timeout=120) as client, ThreadPoolExecutor(max_workers=2) as pool:
+                for key, future in submit_all(pool, entries, client, Path(tmp)).items():
+                    results.append(r := future.result())
+                    print(f"{key}: {r.outcome} {r.backend} {r.rung} {r.max_rel_diff} {r.message} ({r.seconds:.1f}s)", file=sys.stderr, flush=True)
+        finally:
+            kvd.stop()
+    print(markdown(results) if args.markdown else "\n".join(str(r) for r in results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
