@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-inception test protos check-protos bench clean
+.PHONY: install demo demo-inception test protos check-protos bench clean browser docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,21 @@ demo: $(STAMP)
 demo-inception: $(STAMP)
 	$(BIN)/python examples/demo_inception.py
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The web page's test drives Debian's chromium through playwright (executable_path=/usr/bin/chromium; never
+# `playwright install`). Installed here where missing; if it cannot be, that one test skips and says why.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  { $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null 2>&1 && \
+	    $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "make browser: chromium could not be installed; the web page test will skip"
+
+# docs/cli.md's command reference, regenerated from kvctl (a test fails when it is stale).
+docs: $(STAMP)
+	$(BIN)/python -m kvserve.client.docs --write docs/cli.md
 
 protos: $(STAMP)
 	$(BIN)/python -m kvserve.proto.generate

@@ -14,17 +14,33 @@ from typing import Any, Callable, NoReturn
 
 import click
 import grpc
-
-from kvserve.client.client import Client, UploadProgress, default_server
 from kvserve.client import lifecycle_cli
 import numpy as np
 
-from kvserve.client.inputs import InputError, NamedBatch, expand, load_input
+from kvserve.client.client import Client, default_server, parse_address
+from kvserve.client.errors import InvalidAddress, KvserveError, Unreachable
+from kvserve.client.inputs import INPUT_SUFFIXES, InputError, NamedBatch, expand, load_input
+from kvserve.client.progress import UploadView
 from kvserve.proto.images import MODES, RESIZE_METHODS, Preprocess
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_UNREACHABLE = 4
+
+
+def complete_model_names(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of model names, asked from the kvd that --server / KVSERVE_SERVER names (quietly: none on error)."""
+    from click.shell_completion import CompletionItem
+
+    root = ctx.find_root().params
+    try:
+        with Client(root.get("server") or default_server(), timeout=3, token=root.get("token"), ca=root.get("ca"),
+                    cert=root.get("cert"), key=root.get("key")) as client:
+            names = sorted({m["name"] for m in client.list_models()})
+    except Exception:  # noqa: BLE001 - completion must never print a traceback into the shell
+        return []
+    return [CompletionItem(name) for name in names if name.startswith(incomplete)]
 
 
 class State:
@@ -67,6 +83,7 @@ def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) 
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kvserve", prog_name="kvctl", message="%(prog)s %(version)s")
 @click.option("--server", default=default_server, show_default="KVSERVE_SERVER or 127.0.0.1:8500", help="kvd address host:port")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for each call")
 @click.option("-v", "--verbose", is_flag=True, help="show tracebacks and debug detail")
@@ -78,7 +95,12 @@ def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) 
 def cli(ctx: click.Context, server: str, timeout: float, verbose: bool, token: str | None, ca: str | None, cert: str | None,
         key: str | None) -> None:
     """kvctl: upload Keras models to kvd and run them."""
+    try:
+        server = parse_address(server)
+    except InvalidAddress as error:
+        fail(error.message, EXIT_UNREACHABLE)
     ctx.obj = State(server, verbose, timeout, {"token": token, "ca": ca, "cert": cert, "key": key})
+    _current["server"] = server
 
 
 def preprocessing_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,23 +135,13 @@ def preprocessing_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def upload(state: State, path: Path, name: str | None, precision: str | None, calibration: Path | None, performance_hint: str | None,
            devices: str, force: bool, samples: Path | None, tolerance: float, preprocess: str | None, resize: str, center_crop: bool,
            labels: Path | None, as_json: bool) -> None:
-    """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip, .tar.gz)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+    """Upload a Keras .h5/.keras file or a SavedModel (directory, .zip, .tar.gz).
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-                  console=_console(stderr=True), transient=as_json) as bar:
-        task = bar.add_task("uploading", total=None)
-
-        def on_event(event: UploadProgress) -> None:
-            if event.stage == "RECEIVING":
-                bar.update(task, completed=event.bytes_received, total=event.bytes_total or None)
-            elif event.stage == "RECEIVED":
-                bar.update(task, completed=event.bytes_received, total=event.bytes_received, description=f"received ({event.message})")
-            else:
-                bar.update(task, description=event.stage.lower() + (f": {event.message}" if event.message else ""))
-
+    Shows each stage (receiving, converting, verifying, loading) with its own elapsed time.
+    """
+    with UploadView(_console(stderr=True), transient=as_json) as view:
         manifest = state.client.upload(path, name=name, precision=precision or "", force=force,
-                                       devices=[d for d in devices.split(",") if d], progress=on_event, timeout=None,
+                                       devices=[d for d in devices.split(",") if d], progress=view.on_event, timeout=None,
                                        samples=samples, tolerance=tolerance, preprocess=preprocess, resize=resize,
                                        center_crop=center_crop, labels=labels, calibration=calibration,
                                        performance_hint=performance_hint or "")
@@ -145,10 +157,10 @@ def upload(state: State, path: Path, name: str | None, precision: str | None, ca
 
 
 @cli.command()
-@click.option("--model", "-m", required=True, help="model name")
+@click.option("--model", "-m", required=True, help="model name", shell_complete=complete_model_names)
 @click.option("--version", default="", help="model version (default: latest)")
-@click.option("--top", "top", default=5, show_default=True, help="how many classes to show per input")
-@click.option("--batch-size", default=16, show_default=True, help="images sent per request")
+@click.option("--top", "top", default=5, show_default=True, type=click.IntRange(min=1), help="how many classes to show per input")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="images sent per request")
 @click.option("--json", "as_json", is_flag=True, help="print results as JSON")
 @click.argument("inputs", nargs=-1, required=True)
 @click.pass_obj
@@ -156,15 +168,22 @@ def infer(state: State, model: str, version: str, top: int, batch_size: int, as_
     """Classify images (files, folders, globs) or .npy tensors with MODEL.
 
     Images are decoded, resized and preprocessed as the model's manifest says; the server returns the top
-    classes with their labels. A file that cannot be read is reported and the others still run (exit 3).
+    classes with their labels. A file that cannot be read is reported and the others still run (exit 3);
+    a file of an unknown type is a usage error (exit 2) and nothing runs.
     """
+    unknown = [name for name in inputs if Path(name).suffix.lower() not in INPUT_SUFFIXES and not Path(name).is_dir()
+               and not any(ch in name for ch in "*?[")]
+    if unknown:
+        raise click.UsageError(f"{', '.join(unknown)}: unknown input type; give images ({', '.join(sorted(INPUT_SUFFIXES - {'.npy'}))}), "
+                               ".npy tensors, folders or glob patterns")
     info = state.client.describe(model, version)
     manifest, served_version = info["manifest"], info["version"]
     if len(manifest["inputs"]) != 1:
         fail(f"model '{model}' has {len(manifest['inputs'])} inputs; kvctl infer feeds single-input models, use the Python client")
     spec = manifest["inputs"][0]
     preprocess = Preprocess.from_dict(manifest.get("preprocess"))
-    files, failures = expand(inputs)
+    files, problems = expand(inputs)
+    failures: list[dict[str, str]] = [{"input": source, "error": message} for source, message in problems]
     results: list[dict[str, Any]] = []
     pending: list[NamedBatch] = []
 
@@ -181,7 +200,7 @@ def infer(state: State, model: str, version: str, top: int, batch_size: int, as_
         try:
             item = load_input(path, spec, preprocess)
         except InputError as error:
-            failures.append(str(error))
+            failures.append({"input": str(path), "error": str(error)})
             continue
         if item.array.shape[0] > 1:  # a .npy batch goes on its own
             flush()
@@ -193,13 +212,13 @@ def infer(state: State, model: str, version: str, top: int, batch_size: int, as_
             flush()
     flush()
     if as_json:
-        print_json({"model": model, "version": served_version, "results": results})
+        print_json({"model": model, "version": served_version, "results": results, "failed": failures})
     elif results:
         _table(["input", "top classes"],
                [[_shown_path(r["input"]), "  ".join(f"{t['label'] or t['index']} {t['score']:.4f}" for t in r["top"])] for r in results],
                title=f"{model} v{served_version}")
-    for message in failures:
-        _console(stderr=True).print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    for failure in failures:
+        _console(stderr=True).print(f"[bold red]error:[/] {failure['error']}", soft_wrap=True, markup=True, highlight=False)
     if failures:
         sys.exit(EXIT_PARTIAL if results else EXIT_FAILED)
 
@@ -208,16 +227,30 @@ def infer(state: State, model: str, version: str, top: int, batch_size: int, as_
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def list_models(state: State, as_json: bool) -> None:
-    """List every model version in the repository with its state."""
+    """List every model version in the repository with its state.
+
+    An older version kvd keeps on disk but does not serve shows as ``stored`` (not a fault: a request naming
+    it loads it); ``--json`` keeps the server's own state.
+    """
     models = state.client.list_models()
     if as_json:
         print_json(models)
     else:
-        _table(["name", "version", "state", "reason"], [[m["name"], m["version"], m["state"], m["reason"]] for m in models])
+        _table(["name", "version", "state", "reason"], [[m["name"], m["version"], shown_state(m, models), m["reason"]] for m in models])
+
+
+def shown_state(model: dict[str, str], models: list[dict[str, str]]) -> str:
+    """READY/LOADING as they are; a non-ready version older than a READY one of the same model is just stored."""
+    if model["state"] in ("READY", "LOADING") or not model["version"].isdigit():
+        return model["state"]
+    newer_ready = any(m["name"] == model["name"] and m["state"] == "READY" and m["version"].isdigit()
+                      and int(m["version"]) > int(model["version"]) for m in models)
+    failed = any(word in model["reason"].lower() for word in ("fail", "error", "damaged", "cannot", "corrupt"))
+    return "stored" if newer_ready and not failed else model["state"]
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=complete_model_names)
 @click.option("--version", default="", help="version (default: latest)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
@@ -304,6 +337,8 @@ def _parity_line(parity: dict[str, Any] | None, conversion_error: str | None = N
 def configure(state: State, target: str, preprocess: str | None, resize: str, center_crop: bool, labels: Path | None,
               clear_labels: bool, max_batch: int | None, max_delay_ms: float | None, preferred: tuple[int, ...], as_json: bool) -> None:
     """Change a stored model's preprocessing, labels or dynamic batching, without a new upload."""
+    if preprocess is None and labels is None and not clear_labels and max_batch is None and max_delay_ms is None and not preferred:
+        raise click.UsageError("nothing to change: give --preprocess, --labels, --clear-labels or --max-batch/--max-delay-ms")
     name, _, version = target.partition(":")
     info = state.client.configure(name, version, preprocess=preprocess, resize=resize, center_crop=center_crop,
                                   labels=labels, clear_labels=clear_labels, max_batch=max_batch, max_delay_ms=max_delay_ms,
@@ -319,12 +354,22 @@ def configure(state: State, target: str, preprocess: str | None, resize: str, ce
 
 
 @cli.command()
-@click.argument("target", metavar="NAME[:VERSION]")
+@click.argument("target", metavar="NAME[:VERSION]", shell_complete=complete_model_names)
+@click.option("--yes", "-y", is_flag=True, help="delete every version of NAME without asking")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def delete(state: State, target: str, as_json: bool) -> None:
-    """Delete a model (every version) or one version."""
+def delete(state: State, target: str, yes: bool, as_json: bool) -> None:
+    """Delete one version (NAME:VERSION) or, after a confirmation, every version of a model (NAME)."""
     name, _, version = target.partition(":")
+    if not version and not yes:
+        stored = sorted({m["version"] for m in state.client.list_models() if m["name"] == name}, key=lambda v: (len(v), v))
+        if not stored:
+            fail(f"no model named '{name}' (kvctl list shows what is stored)")
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"'{name}' has {len(stored)} version(s) ({', '.join(stored)}); "
+                                   f"delete one with {name}:VERSION, or all with --yes")
+        if not click.confirm(f"delete every version of '{name}' ({', '.join(stored)})?", default=False, err=True):
+            fail("nothing deleted", EXIT_FAILED)
     removed = state.client.delete(name, version)
     if as_json:
         print_json({"name": name, "deleted_versions": removed})
@@ -386,21 +431,36 @@ def _run(entry: Callable[..., Any]) -> int:
         entry(standalone_mode=False)
     except click.exceptions.Abort:
         fail("aborted", EXIT_FAILED)
+    except click.exceptions.Exit as done:
+        return done.exit_code
     except click.ClickException as error:
         error.show()
-        return 2
-    except grpc.RpcError as error:
-        code = error.code()
+        return EXIT_USAGE
+    except Unreachable as error:
         if verbose:
             raise
-        if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():
-            fail(f"cannot reach kvd: {error.details()} (start it with `kvd`, or set --server / KVSERVE_SERVER)", EXIT_UNREACHABLE)
-        fail(f"{error.details()} [{code.name}]")
+        fail(f"cannot reach kvd at {_server_shown()}: {error.message} (start it with `kvd`, or set --server / KVSERVE_SERVER)",
+             EXIT_UNREACHABLE)
+    except KvserveError as error:
+        if verbose:
+            raise
+        fail(str(error))
+    except grpc.RpcError as error:  # a stub used directly; Client methods raise KvserveError
+        if verbose:
+            raise
+        fail(f"{error.details()} [{error.code().name}]")
     except (OSError, ValueError) as error:
         if verbose:
             raise
         fail(str(error))
     return 0
+
+
+_current: dict[str, str] = {}  # the --server of this run, for error lines printed after click's context is gone
+
+
+def _server_shown() -> str:
+    return _current.get("server") or default_server()
 
 
 def main() -> int:

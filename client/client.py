@@ -1,7 +1,8 @@
 """``Client``: a thin, typed wrapper over kvd's two gRPC services.
 
 Tensors travel as raw little-endian bytes (the cheapest form for both ends). Errors arrive as
-``grpc.RpcError`` with the server's status code and message.
+``kvserve.client.errors.KvserveError`` subclasses (NotFound, InvalidArgument, Unavailable, ...) carrying the
+server's status and message; grpc's own exception classes never leave this module.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import numpy as np
 from kvserve.proto import classes
 from kvserve.proto.classes import TopClass
 from kvserve.client.credentials import Credentials
+from kvserve.client.errors import InvalidAddress, InvalidArgument, translated
 from kvserve.proto import grpc_service_pb2 as pb
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import kvserve_service_pb2 as kv
 from kvserve.proto import kvserve_service_pb2_grpc as kv_grpc
-from kvserve.proto.tensors import build_infer_request, decode_response_outputs
+from kvserve.proto.tensors import DATATYPES, build_infer_request, decode_response_outputs
 
-DEFAULT_SERVER = "127.0.0.1:8500"
+DEFAULT_PORT = 8500
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORT}"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 
@@ -55,6 +58,33 @@ def default_server() -> str:
     return os.environ.get("KVSERVE_SERVER", DEFAULT_SERVER)
 
 
+def parse_address(address: str) -> str:
+    """A gRPC target from what a user typed: ``host:port``, ``[v6]:port``, or a bare host (port 8500 added).
+
+    A URL (``http://...``) is refused: kvd's gRPC port is not an HTTP URL, and grpc would silently treat
+    the scheme as a resolver name. Without this, ``127.0.0.1`` alone would go to port 443.
+    """
+    text = address.strip()
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        hint = rest.rstrip("/") or "HOST:PORT"
+        raise InvalidAddress(f"--server takes HOST:PORT of kvd's gRPC port, not a URL: use '{hint}' instead of '{text}'")
+    if text.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):
+        return text
+    if not text:
+        raise InvalidAddress("--server is empty; give HOST:PORT, e.g. 127.0.0.1:8500")
+    if text.startswith("["):
+        return text if "]:" in text else f"{text}:{DEFAULT_PORT}"
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return f"{text}:{DEFAULT_PORT}"
+    if text.count(":") > 1:  # a bare IPv6 address
+        return f"[{text}]:{DEFAULT_PORT}"
+    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise InvalidAddress(f"--server '{text}': the port must be a number from 1 to 65535, e.g. 127.0.0.1:8500")
+    return text
+
+
 def _pack_directory(path: Path) -> bytes:
     """A SavedModel directory travels as an in-memory .tar.gz of its contents."""
     buffer = io.BytesIO()
@@ -72,7 +102,7 @@ class Client:
         ``channel_options`` are added to the channel's, e.g. ``kvserve.client.balancing.channel_options()`` with an
         ``ipv4:a:1,b:2`` address to spread calls over replicas and retry UNAVAILABLE elsewhere.
         """
-        self.address = address or default_server()
+        self.address = parse_address(address or default_server())
         self.timeout = timeout
         options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.max_send_message_length", max_message_bytes),
                    *(channel_options or [])]
@@ -147,20 +177,29 @@ class Client:
         ``inputs`` may be image bytes (a BYTES array of encoded images): kvd then decodes and preprocesses
         them per the model's manifest.
         """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidArgument(f"k must be a whole number of classes, 1 or more; got {k!r}")
         request = build_infer_request(model, self._named(model, version, inputs), version=version,
                                       classification={output: k} if output else None, top_k=0 if output else k)
         outputs = decode_response_outputs(self.inference.ModelInfer(request, timeout=self.timeout))
         return classes.decode(outputs[output] if output else next(iter(outputs.values())))
 
-    def _named(self, model: str, version: str, inputs: Mapping[str, np.ndarray] | np.ndarray) -> Mapping[str, np.ndarray]:
-        """A single array is fed to the model's only input."""
-        if isinstance(inputs, Mapping):
-            return inputs
+    def _named(self, model: str, version: str, inputs: Mapping[str, Any] | Any) -> Mapping[str, np.ndarray]:
+        """A single array is fed to the model's only input; lists and other-dtype arrays become the model's dtype.
+
+        Python lists arrive as float64/int64; a model takes FP32 (usually): the values are cast when the cast
+        keeps their kind (number to number), so ``kv.infer("digits", [[...]])`` just works.
+        """
+        if isinstance(inputs, Mapping) and all(isinstance(v, np.ndarray) and v.dtype != np.float64 and v.dtype != np.int64
+                                               for v in inputs.values()):
+            return inputs  # the common fast path: no metadata call
         meta = self._metadata.get((model, version)) or self.metadata(model, version)
-        if len(meta["inputs"]) != 1:
-            names = ", ".join(i["name"] for i in meta["inputs"])
-            raise ValueError(f"model '{model}' has {len(meta['inputs'])} inputs ({names}); pass a dict by input name")
-        return {meta["inputs"][0]["name"]: inputs}
+        specs = {i["name"]: i for i in meta["inputs"]}
+        if not isinstance(inputs, Mapping):
+            if len(specs) != 1:
+                raise InvalidArgument(f"model '{model}' has {len(specs)} inputs ({', '.join(specs)}); pass a dict by input name")
+            inputs = {next(iter(specs)): inputs}
+        return {name: _as_model_dtype(name, value, specs.get(name)) for name, value in inputs.items()}
 
     # --- repository ---------------------------------------------------------------------------------
     def upload(self, path: str | os.PathLike[str], name: str | None = None, precision: str = "", devices: list[str] | None = None,
@@ -283,6 +322,19 @@ class Client:
         self.inference.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=model), timeout=self.timeout)
 
 
+def _as_model_dtype(name: str, value: Any, spec: dict[str, Any] | None) -> np.ndarray:
+    """``value`` as an array of the input's datatype (numbers stay numbers; strings and bytes stay as they are)."""
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if spec is None or spec["datatype"] not in DATATYPES or spec["datatype"] == "BYTES":
+        return array
+    target = np.dtype(DATATYPES[spec["datatype"]])
+    if array.dtype == target or array.dtype.kind not in "biuf":
+        return array
+    if array.dtype.kind == "f" and target.kind in "iu":
+        raise InvalidArgument(f"input '{name}' holds floats but the model takes {spec['datatype']}; round them first")
+    return array.astype(target)
+
+
 def _described(reply: kv.DescribeResponse) -> dict[str, Any]:
     return {"name": reply.name, "version": reply.version, "state": reply.state, "reason": reply.reason,
             "device": reply.device, "versions": list(reply.versions), "manifest": json.loads(reply.manifest_json or "{}")}
@@ -323,3 +375,7 @@ def timeout_or(timeout: float | None, at_least: float = 300.0) -> float | None:
     return None if timeout is None else max(timeout, at_least)
 
 
+# Every public call leaves as a kvserve exception, never a grpc one.
+for _name, _member in list(vars(Client).items()):
+    if callable(_member) and not _name.startswith("_") and _name != "close":
+        setattr(Client, _name, translated(_member))

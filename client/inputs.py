@@ -33,25 +33,25 @@ class NamedBatch:
     labels: list[str]
 
 
-def expand(arguments: Iterable[str]) -> tuple[list[Path], list[str]]:
+def expand(arguments: Iterable[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files named directly, inside folders (sorted, inputs only) or matched by glob patterns.
 
-    Returns (files, problems): an argument that matches nothing is a problem, reported per argument.
+    Returns (files, problems): an argument that matches nothing is a problem (argument, message).
     """
     files: list[Path] = []
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
             files += found
             if not found:
-                problems.append(f"{argument}: folder holds no images or .npy files")
+                problems.append((argument, f"{argument}: folder holds no images or .npy files"))
         elif any(ch in argument for ch in "*?["):
             found = sorted(Path(p) for p in glob.glob(argument) if Path(p).is_file())
             files += found
             if not found:
-                problems.append(f"{argument}: pattern matches no files")
+                problems.append((argument, f"{argument}: pattern matches no files"))
         else:
             files.append(path)
     return files, problems

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -92,12 +93,29 @@ class Daemon:
             self.metrics_server.shutdown()
 
 
+def _check_can_listen(address: str) -> None:
+    """Refuse a busy address before anything starts, in one line (grpc would log its own error line first)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or int(port) == 0:
+        return  # grpc reports what it cannot parse; port 0 is always free
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does: TIME_WAIT is not "in use"
+            probe.bind(sockaddr)
+    except OSError as error:
+        raise OSError(f"cannot listen on {address}: {error.strerror or error}; stop the other process or pick another "
+                      "--address (port 0 picks a free one)") from None
+
+
 def build(settings: Settings) -> Daemon:
     """Create everything and bind the ports; nothing is served until ``start``.
 
     Raises OSError (port in use) or ValueError (bad security settings) with a message for the operator.
     """
     check_exposure(settings)
+    _check_can_listen(settings.address)
     credentials = server_credentials(settings)
     tokens = load_tokens(settings.auth_token_file) if settings.auth_token_file is not None else None
     repository = Repository(settings.repository, settings.compiled_cache)
@@ -125,14 +143,18 @@ def build(settings: Settings) -> Daemon:
     try:
         server, port = loop.run_until_complete(_server(settings, manager, lifecycle, tokens, reporter, uploads, plugins,
                                                        dataplane, credentials))
-    except BaseException:
+    except BaseException:  # release what was started (the warm converter child and its thread), or kvd would not exit
         loop.close()
+        uploads.launcher.close()
+        manager.close()
         raise
     metrics.watch_models(manager)
     try:
         http = _http_door(settings, manager, dataplane, lifecycle, InferenceServicer(manager, dataplane, settings)) if settings.http_address else None
     except BaseException:
         loop.close()
+        uploads.launcher.close()
+        manager.close()
         raise
     metrics_server, metrics_port = metrics.serve(settings.metrics_address) if settings.metrics_address else (None, 0)
     watchers = Watchers.create(manager, settings.config_file, settings.config_poll_s, settings.poll_seconds)

@@ -38,7 +38,7 @@ def _check_row(row: dict, keras_avg: float) -> None:
     assert row["min_s"] <= row["p50_s"] <= row["p90_s"] <= row["p99_s"] <= row["max_s"]
     assert row["min_s"] <= row["avg_s"] <= row["max_s"]
     assert row["speedup_vs_keras"] == pytest.approx(keras_avg / row["avg_s"], rel=1e-6)
-    if row["backend"] in ("keras", "tf"):  # one call at a time: fps follows from the latency
+    if row["backend"] in ("keras", "keras-call", "tf"):  # one call at a time: fps follows from the latency
         assert row["fps"] == pytest.approx(row["batch"] / row["avg_s"], rel=1e-6)
     assert row["note"] and row["execution_precision"]
 
@@ -57,7 +57,7 @@ def test_benchmark_streams_progress_then_every_row(served_digits):
     rows = report["results"]
     # digits is an fp16 upload: fp32 is derived from the upload, fp16 is the stored IR, no int8
     assert [(r["backend"], r["precision"]) for r in rows] == [
-        ("keras", "fp32"), ("tf", "fp32"), ("CPU", "fp32"), ("CPU", "default"), ("CPU", "fp16")]
+        ("keras", "fp32"), ("keras-call", "fp32"), ("tf", "fp32"), ("CPU", "fp32"), ("CPU", "default"), ("CPU", "fp16")]
     keras = rows[0]
     assert keras["speedup_vs_keras"] == pytest.approx(1.0)
     for row in rows:
@@ -91,7 +91,7 @@ def test_benchmark_does_not_bring_tensorflow_into_kvd(kvd_factory, digits):
 @pytest.mark.parametrize("request_fields, code, words", [
     ({"name": "nope"}, grpc.StatusCode.NOT_FOUND, ["model 'nope' not found", "digits"]),
     ({"name": "digits", "version": "9"}, grpc.StatusCode.NOT_FOUND, ["no version 9"]),
-    ({"name": "digits", "backends": ["CUDA"]}, grpc.StatusCode.INVALID_ARGUMENT, ["unknown backend 'CUDA'", "keras, tf"]),
+    ({"name": "digits", "backends": ["CUDA"]}, grpc.StatusCode.INVALID_ARGUMENT, ["unknown backend 'CUDA'", "keras, keras-call, tf"]),
     ({"name": "digits", "backends": ["GPU"]}, grpc.StatusCode.FAILED_PRECONDITION, ["GPU is not available"]),
     ({"name": "digits", "precisions": ["bf16"]}, grpc.StatusCode.INVALID_ARGUMENT, ["unknown precision 'bf16'"]),
     ({"name": "digits", "precisions": ["int8"]}, grpc.StatusCode.FAILED_PRECONDITION, ["no INT8 IR", "--precision int8"]),
@@ -141,14 +141,18 @@ def test_kvctl_benchmark_json_table_and_plot(served_digits, tmp_path):
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert list(data) == ["results"]
-    assert [list(row) for row in data["results"]] == [["backend", "precision", "avg_s", "p50_s", "p99_s", "fps", "speedup_vs_keras"]] * 2
+    assert [list(row) for row in data["results"]] == [["backend", "precision", "avg_s", "p50_s", "p99_s", "fps", "speedup_vs_keras",
+                                                       "avg_ms", "p50_ms", "p99_ms", "speedup_vs"]] * 2
+    cpu_row = data["results"][1]
+    assert cpu_row["speedup_vs"] == {"keras": pytest.approx(data["results"][0]["p50_s"] / cpu_row["p50_s"])}
+    assert cpu_row["avg_ms"] == pytest.approx(cpu_row["avg_s"] * 1000)
     assert [(r["backend"], r["precision"]) for r in data["results"]] == [("keras", "fp32"), ("CPU", "fp16")]
-    assert all(isinstance(v, float) and v > 0 for r in data["results"] for k, v in r.items() if k not in ("backend", "precision"))
+    assert all(isinstance(v, float) and v > 0 for r in data["results"] for k, v in r.items() if k not in ("backend", "precision", "speedup_vs"))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
     table = subprocess.run(base, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "160"})
     assert table.returncode == 0, table.stderr
-    assert "keras" in table.stdout and "speedup" in table.stdout and "1.0x" in table.stdout
+    assert "keras" in table.stdout and "vs keras" in table.stdout and "1.0x" in table.stdout and "p50 ms" in table.stdout
 
     missing = subprocess.run([str(KVCTL), "--server", served_digits.address, "benchmark", "--model", "nope"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "model 'nope' not found" in missing.stderr and "Traceback" not in missing.stderr

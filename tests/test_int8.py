@@ -53,6 +53,22 @@ def test_int8_upload_calibrated_on_an_image_folder(served_digits, digits, tmp_pa
     assert manifest["parity"]["samples"] == 24 and manifest["parity"]["top1_agreement"] is not None
 
 
+def test_int8_image_calibration_warns_on_raw_pixels_and_saturated_outputs(served_digits, digits, tmp_path):
+    """digits was trained on [0, 1]: calibrating on raw 0-255 PNGs (preprocessing none) saturates its softmax, so
+    parity passes and proves nothing. That must be said; with --preprocess unit it is fine and nothing is said."""
+    from digits import write_pngs
+
+    write_pngs(digits.x_test, digits.y_test, tmp_path / "pngs", count=24)
+    with served_digits.client(timeout=120) as client:
+        raw = client.upload(digits.paths["keras"], name="digits-int8-raw", precision="int8", calibration=tmp_path / "pngs")
+        scaled = client.upload(digits.paths["keras"], name="digits-int8-unit", precision="int8", calibration=tmp_path / "pngs",
+                               preprocess="unit")
+    warnings = " ".join(raw["warnings"])
+    assert "raw 0-255 pixels (preprocessing 'none')" in warnings and "--preprocess" in warnings
+    assert "output 'probabilities' is saturated" in warnings
+    assert not [w for w in scaled["warnings"] if "saturated" in w or "raw 0-255" in w]
+
+
 def test_int8_without_calibration_warns_loudly(served_digits, digits):
     done = subprocess.run([str(KVCTL), "--server", served_digits.address, "upload", str(digits.paths["h5"]), "--name", "digits-int8-synthetic",
                            "--precision", "int8", "--json"], capture_output=True, text=True, timeout=300)

@@ -122,7 +122,7 @@ def test_tokens_and_roles(kvd_factory, repo, tokens):
         admin.load("digits")
         assert admin.model_ready("digits")
     env = {**os.environ, "KVSERVE_TOKEN": READ_TOKEN}
-    result = subprocess.run([*KVCTL, "--server", kvd.address, "delete", "digits"], capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run([*KVCTL, "--server", kvd.address, "delete", "digits", "--yes"], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 1 and "PERMISSION_DENIED" in result.stderr
     result = subprocess.run([*KVCTL, "--server", kvd.address, "--token", ADMIN_TOKEN, "list", "--json"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and '"digits"' in result.stdout

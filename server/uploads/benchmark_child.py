@@ -108,6 +108,21 @@ class Bench:
         spent = timings(lambda: keras_model.predict(x, verbose=0), self.iterations, self.warmup)
         self.add("keras", "fp32", spent, self.batch / float(np.mean(spent)), 1, "f32", "keras Model.predict, one call at a time")
 
+    def keras_call(self) -> None:
+        """The model called directly (``model(x, training=False)``): no predict() per-call set-up, an honest baseline."""
+        _, model = self.source()
+        keras_model = model.handle
+        x = [self.feeds[s.name] for s in self.inputs] if len(self.inputs) > 1 else self.feeds[self.inputs[0].name]
+        self.progress(f"keras direct call: {self.warmup} warm-up + {self.iterations} timed iterations")
+
+        def call() -> Any:
+            out = keras_model(x, training=False)
+            return [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else np.asarray(out)
+
+        spent = timings(call, self.iterations, self.warmup)
+        self.add("keras-call", "fp32", spent, self.batch / float(np.mean(spent)), 1, "f32",
+                 "keras model(x, training=False) called directly, outputs as numpy, one call at a time")
+
     def tf(self) -> None:
         from kvserve.plugins.backends.tensorflow_fallback import TensorFlowBackend
 
@@ -175,6 +190,8 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     bench = Bench(job, channel)
     if "keras" in job["frameworks"]:
         bench.keras()
+    if "keras-call" in job["frameworks"]:
+        bench.keras_call()
     if "tf" in job["frameworks"]:
         bench.tf()
     for device in job["devices"]:

@@ -22,7 +22,7 @@ from kvserve.server.errors import FailedPrecondition, InvalidArgument, NotFound,
 from kvserve.server.models.manager import ModelManager
 from kvserve.server.models.repository import parse_version
 
-FRAMEWORKS = ("keras", "tf")
+FRAMEWORKS = ("keras", "keras-call", "tf")  # predict(), a direct model(x) call, the traced tf.function
 KERAS_FORMATS = ("keras-h5", "keras-v3")
 # OpenVINO rows: fp32 = FP32 weights with f32 execution forced; default = FP32 weights, the device's own
 # execution precision; fp16 = FP16-compressed weights; int8 = the NNCF-quantized IR of an int8 upload.
@@ -77,7 +77,9 @@ class Benchmarks:
                 job["workdir"] = tmp
                 for event in run_child(self.launcher, job, Path(tmp), self.manager.settings.benchmark_timeout_s, cancelled):
                     if "stage" not in event:  # the child's final answer
-                        yield {"stage": "done", "name": job["name"], "version": str(job["version"]), **event["result"]}
+                        done = {"stage": "done", "name": job["name"], "version": str(job["version"]), **event["result"]}
+                        _remember(done, job["iterations"])
+                        yield done
                     else:
                         yield event
         finally:
@@ -121,7 +123,7 @@ class Benchmarks:
             if name in FRAMEWORKS:
                 if not tf_found.available:
                     return f"'{name}' rows need TensorFlow: {tf_found.reason}"
-                if source_format not in (KERAS_FORMATS if name == "keras" else SOURCE_FORMATS):
+                if source_format not in (KERAS_FORMATS if name.startswith("keras") else SOURCE_FORMATS):
                     return f"'{name}' rows need a Keras upload (.h5 or .keras); this model was uploaded as {source_format}"
                 return None
             found = safe.availability(openvino[name])
@@ -136,7 +138,7 @@ class Benchmarks:
             for raw in dict.fromkeys(n.strip() for n in names if n.strip()):
                 name = raw.lower() if raw.lower() in FRAMEWORKS else raw.upper()
                 if name not in FRAMEWORKS and name not in openvino:
-                    raise InvalidArgument(f"unknown backend '{raw}'; use keras, tf or an OpenVINO device ({', '.join(openvino)})")
+                    raise InvalidArgument(f"unknown backend '{raw}'; use keras, keras-call, tf or an OpenVINO device ({', '.join(openvino)})")
                 reason = problem(name)
                 if reason:
                     raise FailedPrecondition(reason)
@@ -158,3 +160,25 @@ class Benchmarks:
         if "int8" in chosen and not has_int8:
             raise FailedPrecondition("the model has no INT8 IR; upload it with --precision int8 to benchmark int8")
         return [p for p in PRECISIONS if p in chosen]
+
+
+# The last finished report per model version, in memory (the web page draws it; a restart forgets it).
+_LAST: dict[tuple[str, str], dict[str, Any]] = {}
+_LAST_LOCK = threading.Lock()
+
+
+def _remember(done: dict[str, Any], iterations: int) -> None:
+    import datetime
+
+    report = {key: done[key] for key in ("name", "version", "input", "results")}
+    report["iterations"] = iterations
+    report["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with _LAST_LOCK:
+        _LAST[(done["name"], done["version"])] = report
+        _LAST[(done["name"], "")] = report
+
+
+def last_report(name: str, version: str = "") -> dict[str, Any] | None:
+    """The last benchmark of ``name`` (``version``, or whichever version ran last) since kvd started."""
+    with _LAST_LOCK:
+        return _LAST.get((name, version))

@@ -138,6 +138,12 @@ def _climb(job: dict[str, Any], channel: TextIO, converter: Any, model: Any, pre
                 extra["timings"] = {"quantize_s": round(time.perf_counter() - step, 3)}
                 if user is None:  # INT8 parity is judged on the data it was calibrated for
                     user = (calibration, f"calibration set: {extra['quantization']['calibration']}")
+                from kvserve.server.uploads.quantize import calibration_warnings
+
+                advice = calibration_warnings(model.reference, calibration, bool(job.get("calibration_images")), preprocess)
+                for warning in advice:
+                    emit(channel, {"stage": "quantizing", "message": warning})
+                extra["warnings"] = [*extra.get("warnings", []), *advice]
             converted = {weights: xml}
         step = time.perf_counter()
         if chosen_inputs is None:

@@ -51,3 +51,38 @@ def quantize_ir(fp32_xml: Path, feeds: dict[str, np.ndarray], out_xml: Path) -> 
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=count)
     ov.save_model(quantized, out_xml, compress_to_fp16=False)
     return {"tool": f"nncf {nncf.__version__}", "calibration_samples": count}
+
+
+SATURATED_ROW = 0.999      # a probability row this confident is "saturated"
+SATURATED_SHARE = 0.9      # warn when this share of calibration rows is saturated
+SATURATION_ROWS = 32       # rows of the calibration set the check runs the original model on
+
+
+def calibration_warnings(reference: Any, feeds: dict[str, np.ndarray], from_images: bool, preprocess: dict[str, Any] | None
+                         ) -> list[str]:
+    """Why an INT8 model that passed parity may still be bad: raw-pixel calibration, saturated outputs.
+
+    Parity compares INT8 with the original on the calibration set; when the original is saturated there (every
+    row ~100 % one class, typical of 0-255 pixels fed to a model trained on [0, 1]), any INT8 model agrees with
+    it, so passing proves nothing. Both cases are reported, never silently served.
+    """
+    warnings = []
+    mode = (preprocess or {}).get("mode", "none")
+    if from_images and mode == "none":
+        warnings.append("WARNING: the calibration images were fed as raw 0-255 pixels (preprocessing 'none'); if the model was "
+                        "trained on scaled inputs, upload again with --preprocess unit|inception|caffe|torch")
+    rows = {name: array[:SATURATION_ROWS] for name, array in feeds.items()}
+    try:
+        outputs = reference(rows)
+    except Exception:  # noqa: BLE001 - the check is advice; parity already ran the model on these feeds
+        return warnings
+    for name, value in outputs.items():
+        array = np.asarray(value, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] < 2 or not np.all((array >= 0) & (array <= 1)):
+            continue  # only probability-like outputs (batch, classes) can be judged this way
+        share = float(np.mean(array.max(axis=1) >= SATURATED_ROW))
+        if share >= SATURATED_SHARE:
+            warnings.append(f"WARNING: output '{name}' is saturated on the calibration data ({share:.0%} of rows >= "
+                            f"{SATURATED_ROW:.1%} one class), so INT8 parity on it proves little; check the model's "
+                            "preprocessing (--preprocess) and the calibration inputs")
+    return warnings
