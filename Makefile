@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-inception test protos check-protos bench clean browser docs
+.PHONY: install demo demo-inception test protos check-protos bench clean browser system-deps docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,17 +28,23 @@ demo: $(STAMP)
 demo-inception: $(STAMP)
 	$(BIN)/python examples/demo_inception.py
 
-test: $(STAMP) browser
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The web page's test drives Debian's chromium through playwright (executable_path=/usr/bin/chromium; never
-# `playwright install`). Installed here where missing; if it cannot be, that one test skips and says why.
+# Debian packages some tests drive for real, installed where missing: chromium for the web page (playwright with
+# executable_path=/usr/bin/chromium; never `playwright install`) and libb64-0d for Triton's perf_analyzer (its
+# libcudart.so.12 comes from the nvidia-cuda-runtime-cu12 wheel in the dev extra). Where they cannot be
+# installed, the tests that need them skip and say why.
+SYSTEM_PACKAGES := chromium libb64-0d
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
-browser:
-	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
-	  { $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null 2>&1 && \
-	    $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
-	  echo "make browser: chromium could not be installed; the web page test will skip"
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	[ -z "$$missing" ] || { command -v apt-get >/dev/null 2>&1 && \
+	  { $(SUDO) apt-get install -y -q $$missing >/dev/null 2>&1 || { $(SUDO) apt-get update -q >/dev/null 2>&1 && \
+	    $(SUDO) apt-get install -y -q $$missing >/dev/null 2>&1; }; }; } || \
+	  echo "make system-deps: could not install $$missing; the tests that need them will skip"
+
+browser: system-deps
 
 # docs/cli.md's command reference, regenerated from kvctl (a test fails when it is stale).
 docs: $(STAMP)
