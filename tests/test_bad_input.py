@@ -67,7 +67,9 @@ def test_wrong_shape(client):
 
 
 def test_wrong_dtype(client):
-    code, message = _status(lambda: client.infer("digits", X.astype(np.float64)))
+    """Sent as FP64 on the wire (kvserve.client would convert it to the model's dtype first)."""
+    request = build_infer_request("digits", {"image": X.astype(np.float64)})
+    code, message = _status(lambda: client.inference.ModelInfer(request))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "must be FP32, got FP64" in message
 
 

@@ -81,7 +81,9 @@ def test_a_non_loopback_http_address_needs_protection():
 
     with pytest.raises(ValueError, match="0.0.0.0:8501"):
         check_exposure(Settings(http_address="0.0.0.0:8501"))
-    check_exposure(Settings(http_address="0.0.0.0:8501", auth_token_file=Path("t")))
+    with pytest.raises(ValueError, match="bearer tokens over plaintext"):  # tokens could be sniffed and replayed
+        check_exposure(Settings(http_address="0.0.0.0:8501", auth_token_file=Path("t")))
+    check_exposure(Settings(http_address="0.0.0.0:8501", auth_token_file=Path("t"), tls_cert=Path("c"), tls_key=Path("k")))
     check_exposure(Settings(http_address="127.0.0.1:8501"))
     check_exposure(Settings(http_address=""))
 

@@ -131,7 +131,7 @@ def test_kvctl_upload_and_describe(uploaded, inception, inception_kvd: Kvd):
 
 def check_infer_json(data: Any, expected_inputs: list[str], top: int) -> None:
     """The schema of `kvctl infer --json`."""
-    assert set(data) == {"model", "version", "results"}
+    assert set(data) == {"model", "version", "results", "failed"} and data["failed"] == []
     assert data["model"] == "inception"
     assert isinstance(data["version"], str) and data["version"] == "1"
     assert isinstance(data["results"], list)

@@ -24,22 +24,11 @@ pytestmark = pytest.mark.zoo
 BACKENDS = {"CPU", "GPU", "NPU", "TF"}
 
 # Entries waiting for another branch to land on main; each names the missing piece. strict: remove the line when it lands.
-PENDING: dict[str, str] = {
-    "TextVectorization.keras": "issue 10 item 4 (keras-world): string inputs end to end; today conversion fails with "
-                               "\"data type 'string' not understood\" and the TF fallback is not reached",
-    "small-cnn-tf_keras.tf_keras_h5": "issue 10 item 7 (keras-world): tf_keras is not installed, so no Keras 2 .h5 can be made or loaded",
-    "custom-layer-plugin.keras": "issue 10 item 6 (keras-world): kvd --custom-objects / kvserve_register_keras_objects hook",
-    "custom-layer-no-plugin.keras": "issue 10 items 6+8 (keras-world): a one-line refusal naming the missing class "
-                                    "(today Keras's multi-line deserialization dump)",
-}
+PENDING: dict[str, str] = {}
 # Failures that depend on the CPU's execution precision (bf16 on AMX/avx512_bf16, f32 elsewhere): not strict.
 PENDING_ON_CPU: dict[str, str] = {
-    "VGG16.keras": "lead (issue 10 items 1-2): served at fp16/bf16 because kvd's parity batch passed, yet 0.076 from Keras "
-                   "on the zoo's caffe-style inputs (> 0.03)",
-    "EfficientNetB0.keras": "lead (issue 10 item 3): the TF fallback serves it 1.5e-4 from Keras and the manifest records "
-                            "no tolerance for a TF-served model (zoo holds it to fp32's 1e-4)",
-    "EfficientNetV2B0.keras": "lead/keras-world (TF backend): every OpenVINO rung failed parity and the TF fallback serves "
-                              "it 7.3e-3 from Keras (> fp32's 1e-4)",
+    "EfficientNetV2B0.keras": "every OpenVINO rung fails parity on a bf16 CPU and the TF fallback serves it 7.3e-3 from "
+                              "Keras (> fp32's 1e-3); on f32 CPUs it may pass",
 }
 
 

@@ -151,7 +151,7 @@ class OpenVINORunner:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         try:
-            request.start_async(inputs, userdata=(loop, done), share_inputs=True)
+            request.start_async(openvino_inputs(inputs), userdata=(loop, done), share_inputs=True)
         except BaseException:
             self._pool.put(request)
             raise
