@@ -90,6 +90,23 @@ def test_compare_known_perturbation():
     assert report["top1_agreement"] == 1.0
 
 
+def test_rows_are_also_judged_by_their_own_groups_spread():
+    """One extreme row widens the batch's spread; the other rows' error must still count against their own."""
+    ref = np.tile([[0.2, 0.3, 0.5]], (8, 1)) + np.linspace(0, 0.2, 8)[:, None] * [1, -1, 0]
+    ref[0] = [1.0, 0.0, 0.0]  # an extreme row: the batch's spread is 1.0, the other rows' about 0.45
+    got = ref.copy()
+    got[5, 2] += 0.01
+    report = compare({"p": ref}, {"p": got})
+    group = float(np.ptp(ref[4:8]))
+    assert report["max_rel_diff"] == pytest.approx(0.01 / group) and report["max_rel_diff"] > 0.01 * 2
+
+
+def test_a_group_of_near_equal_rows_is_floored_at_a_quarter_of_the_batch_spread():
+    ref = np.concatenate([np.linspace(0, 1, 4), np.full(4, 0.5) + np.arange(4) * 1e-9])[:, None]
+    got = ref + 1e-6
+    assert compare({"y": ref}, {"y": got})["max_rel_diff"] == pytest.approx(1e-6 / 0.25)
+
+
 def test_flat_output_cannot_hide_a_wrong_model():
     """A nearly flat softmax (spread 1e-5): an IR answering a constant must not pass on a tiny absolute error."""
     ref = np.full((2, 1000), 1e-3) + np.linspace(0, 1e-5, 1000)

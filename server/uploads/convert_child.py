@@ -148,7 +148,7 @@ def _climb(job: dict[str, Any], channel: TextIO, converter: Any, model: Any, pre
         step = time.perf_counter()
         if chosen_inputs is None:
             try:
-                chosen_inputs = parity_inputs.choose(model.reference, model.inputs, int(job.get("parity_batch", 8)), preprocess,
+                chosen_inputs = parity_inputs.choose(model.reference, model.inputs, int(job.get("parity_batch") or parity_inputs.parity_rows(model.inputs)), preprocess,
                                                      hints, user)
             except ValueError as error:
                 raise ModelRejected(f"the parity check cannot run the original model: {error}") from None
@@ -176,7 +176,7 @@ def _climb(job: dict[str, Any], channel: TextIO, converter: Any, model: Any, pre
             break
         if not last:
             why = "proves nothing (weak parity inputs)" if report["verdict"] == "weak" else (
-                f"max rel diff {report['max_rel_diff']:.3g} > {report['tolerance_max_rel_diff']:.3g}")
+                f"max rel diff {report['max_rel_diff']:.3g} > {report['checked_max_rel_diff']:.3g}")
             rung["why_next"] = why
             emit(channel, {"stage": "verifying", "message": f"{_rung_name(weights, required)} {why}; trying the next precision"})
     weights, required, report = chosen
