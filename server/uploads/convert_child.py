@@ -159,7 +159,7 @@ def _climb(job: dict[str, Any], channel: TextIO, converter: Any, model: Any, pre
             report = parity_report(model.reference, predict, model.inputs, weights, execution,
                                    tolerance=job.get("tolerance"), feeds=chosen_inputs.feeds,
                                    feeds_source=chosen_inputs.description, reference_outputs=chosen_inputs.reference_outputs,
-                                   weak=chosen_inputs.weak)
+                                   weak=chosen_inputs.weak, compute=model.details.get("compute_dtype", "float32"))
         except ValueError as error:  # the IR answers in another shape or misses an output
             raise ConversionFailed(f"the converted model does not answer like the original: {error}") from None
         except RuntimeError as error:  # OpenVINO could not compile or run the IR

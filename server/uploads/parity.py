@@ -29,11 +29,19 @@ EXECUTION_TOLERANCES: dict[str, float] = {"f32": 1e-3, "bf16": 3e-2, "f16": 3e-2
 HEADROOM = 0.5
 
 
-def tolerance_for(weights: str, execution: str) -> float:
-    """The max rel diff allowed for ``weights`` (fp32, fp16, int8) executed in ``execution`` (f32, bf16, f16);
-    an execution precision this table does not know gets the loosest float tolerance."""
+# A mixed-precision model (keras.mixed_precision policy 'mixed_float16' / 'mixed_bfloat16') computes in float16 or
+# bfloat16 in Keras itself: its reference is only that exact, whatever precision the converted model runs in
+# (float16 keeps 11 significant bits, as f16 execution; bfloat16 8, as bf16 execution).
+COMPUTE_TOLERANCES: dict[str, float] = {"float32": 0.0, "float16": 3e-2, "bfloat16": 3e-2}
+
+
+def tolerance_for(weights: str, execution: str, compute: str = "float32") -> float:
+    """The max rel diff allowed for ``weights`` (fp32, fp16, int8) executed in ``execution`` (f32, bf16, f16),
+    against a reference that computes in ``compute`` (the Keras model's compute dtype); an execution precision or
+    compute dtype this table does not know gets the loosest float tolerance."""
     return max(WEIGHT_TOLERANCES.get(weights, WEIGHT_TOLERANCES["fp16"]),
-               EXECUTION_TOLERANCES.get(execution, max(EXECUTION_TOLERANCES.values())))
+               EXECUTION_TOLERANCES.get(execution, max(EXECUTION_TOLERANCES.values())),
+               COMPUTE_TOLERANCES.get(compute, max(COMPUTE_TOLERANCES.values())))
 
 
 # Rows per call when running both models: a calibration set of large images does not fit in one batch.
@@ -143,13 +151,16 @@ def parity_report(
     feeds_source: str = "",
     reference_outputs: dict[str, np.ndarray] | None = None,
     weak: str | None = None,
+    compute: str = "float32",
 ) -> dict[str, Any]:
     """Run both models on ``feeds`` (seeded inputs when none) and judge the candidate.
 
     ``verdict`` is ``pass`` (max rel diff within the tolerance for ``precision`` weights executed in
     ``execution``, unless ``tolerance`` overrides it), ``fail``, or ``weak``: the reference's outputs do not vary
     across the batch (or are NaN/inf), so agreement proves nothing; a weak check is never ``passed``.
-    ``reference_outputs`` saves running the original again when the caller already has them.
+    ``reference_outputs`` saves running the original again when the caller already has them. ``compute`` is the
+    original's own compute dtype (float16/bfloat16 for a mixed-precision Keras model: the reference is only that
+    exact, and the tolerance says so).
     """
     if feeds is None:
         feeds, feeds_source = seeded_inputs(inputs, batch), "seeded uniform [0, 1), seed 0"
@@ -157,7 +168,7 @@ def parity_report(
     expected = reference_outputs if reference_outputs is not None else run_chunked(reference, feeds, chunk)
     report = compare(expected, run_chunked(candidate, feeds, chunk))
     weak = weak or degenerate(expected)
-    limit = tolerance_for(precision, execution) if tolerance is None else tolerance
+    limit = tolerance_for(precision, execution, compute) if tolerance is None else tolerance
     # int8 is judged on the very data it was calibrated for (its own check): no headroom there
     checked = limit * HEADROOM if tolerance is None and precision != "int8" else limit
     within = bool(report["max_rel_diff"] <= checked)
@@ -165,6 +176,8 @@ def parity_report(
     report.update({"samples": samples, "inputs": feeds_source, "precision": precision, "execution_precision": execution,
                    "tolerance_max_rel_diff": limit, "checked_max_rel_diff": checked, "within_tolerance": within, "weak": weak,
                    "verdict": "weak" if weak else ("pass" if within else "fail"), "passed": within and not weak})
+    if compute != "float32":
+        report["reference_compute_dtype"] = compute
     return report
 
 
