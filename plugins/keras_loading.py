@@ -342,6 +342,14 @@ def _makes_strings(tensor: Any) -> bool:
     return type(layer).__name__ == "StringLookup" and bool(getattr(layer, "invert", False))
 
 
+def _producer_name(tensor: Any) -> str | None:
+    """The name of the layer that made ``tensor`` (a stable name, unlike a KerasTensor's ``keras_tensor_116``)."""
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None) or getattr(history, "layer", None)
+    name = getattr(layer, "name", None)
+    return str(name) if name else None
+
+
 def _shape(tensor: Any) -> tuple[int, ...]:
     return tuple(-1 if d is None else int(d) for d in tuple(tensor.shape))
 
@@ -393,8 +401,9 @@ def keras_signature(model: Any) -> KerasSignature:
     inputs = [TensorSpec(spec.name, _datatype(tensor, "input", spec.name), spec.shape) for spec, (_, tensor) in zip(inputs, in_leaves)]
     out_leaves = flatten(out_struct)
     keras_names = list(getattr(model, "output_names", None) or [])
-    if len(keras_names) != len(out_leaves):
-        keras_names = [getattr(t, "name", f"output_{i}").split("/")[0].split(":")[0] for i, (_, t) in enumerate(out_leaves)]
+    if len(keras_names) != len(out_leaves):  # Sequential has no output_names: name outputs by the layer making them
+        keras_names = [_producer_name(t) or getattr(t, "name", f"output_{i}").split("/")[0].split(":")[0]
+                       for i, (_, t) in enumerate(out_leaves)]
     outputs = []
     for (path, tensor), fallback in zip(out_leaves, keras_names):
         name = _leaf_name(path, fallback)

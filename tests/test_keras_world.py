@@ -434,3 +434,11 @@ def test_subclassed_model_saved_unbuilt_is_a_one_line_refusal_saying_how_to_buil
     message = str(info.value)
     assert message.startswith("the model (SubclassedNet, a keras.Model subclass) was saved before it was built")
     assert "model.build(" in message and "model.export(dir)" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".keras", "keras-v3"), (".h5", "keras-h5")])
+def test_a_sequential_models_output_is_named_after_its_last_layer(tmp_path: Path, suffix: str, fmt: str) -> None:
+    """Keras 3's Sequential has no output_names; the name must be stable ("head"), not "keras_tensor_116"."""
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(3, name="head")])
+    model.save(tmp_path / f"mlp{suffix}")
+    assert [s.name for s in _load(tmp_path / f"mlp{suffix}", fmt).outputs] == ["head"]
