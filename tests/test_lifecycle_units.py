@@ -275,3 +275,12 @@ def test_a_manifest_with_malformed_tensors_is_listed_damaged(tmp_path):
     assert row.state == "UNAVAILABLE" and "a tensor's name, datatype or shape is malformed" in row.reason
     with pytest.raises(FailedPrecondition, match="malformed"):
         manager.load("m", 1)
+
+
+def test_warmup_inputs_give_free_spatial_dims_the_parity_size(tmp_path):
+    """A fully-convolutional model (height and width None) cannot take a 1x1 image through strided 3x3 layers: a
+    warm-up at 1x1 failed on every device and the model was refused; dynamic dims get the size parity ran."""
+    from kvserve.server.uploads.parity_inputs import FREE_DIM
+
+    feeds = warmup_inputs(tmp_path, [TensorSpec("image", "FP32", (-1, -1, -1, 3)), TensorSpec("steps", "INT32", (-1, -1))])
+    assert feeds["image"].shape == (1, FREE_DIM, FREE_DIM, 3) and feeds["steps"].shape == (1, FREE_DIM)

@@ -91,9 +91,44 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
         if not job.get("fallback_allowed"):
             raise
         emit(channel, {"stage": "converting", "message": f"{error}; falling back to the TF backend"})
-        return {**signature, "ir": None, "conversion_error": str(error), "parity": getattr(error, "parity", None),
+        tf_parity, warnings = _tf_parity(job, channel, model, preprocess)
+        return {**signature, "ir": None, "conversion_error": str(error), "parity": tf_parity,
+                "openvino_parity": getattr(error, "parity", None), "warnings": warnings,
                 "ladder": getattr(error, "ladder", []), "precision_requested": requested, "converter": describe,
                 "precision": "fp32", "timings": {"convert_s": round(time.perf_counter() - started, 3)}}
+
+
+def _tf_parity(job: dict[str, Any], channel: TextIO, model: Any, preprocess: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    """What the TF backend will serve, checked like an IR: the very runner it loads (the original model behind a
+    ``tf.function``, float32) against the original called as Keras calls it, on the same realistic inputs. Its
+    tolerance is fp32's in f32 (or the model's own float16/bfloat16 compute dtype's). A failure does not refuse
+    the upload (TF is the last resort) but is recorded and said: graph and eager execution of this model differ."""
+    from kvserve.plugins.backends.tensorflow_fallback import load_tensorflow_runner
+    from kvserve.server.uploads import parity_inputs
+    from kvserve.server.uploads.parity import parity_report
+
+    out_dir, source = Path(job["out_dir"]), Path(job["source"])
+    where = {"format": job["format"]}
+    where.update({"savedmodel_dir": source.relative_to(out_dir).as_posix(), "file": source.name} if job["format"] == "savedmodel"
+                 else {"file": source.relative_to(out_dir).as_posix()})
+    try:
+        chosen = parity_inputs.choose(model.reference, model.inputs, int(job.get("parity_batch") or parity_inputs.parity_rows(model.inputs)),
+                                      preprocess, model.details.get("input_hints", {}))
+        runner = load_tensorflow_runner(out_dir, {"source": where, "converter": {"loader": model.details.get("loader")}},
+                                        model.inputs, model.outputs, bool(job["allow_unsafe"]))
+        report = parity_report(model.reference, runner.infer, model.inputs, "fp32", "f32", tolerance=job.get("tolerance"),
+                               feeds=chosen.feeds, feeds_source=chosen.description, reference_outputs=chosen.reference_outputs,
+                               weak=chosen.weak, compute=model.details.get("compute_dtype", "float32"))
+    except Exception as error:  # noqa: BLE001 - the TF backend reports its own load failure when kvd loads it
+        return None, [f"the TF backend could not be checked against the original model: {_first_line(error)}"]
+    report["backend"] = "TF"
+    emit(channel, {"stage": "verifying", "message": f"TF backend vs the original: {report['verdict']}, max rel diff "
+                                                   f"{report['max_rel_diff']:.3g} on {chosen.description}"})
+    if report["verdict"] == "fail":
+        return report, [f"TF serves this model {report['max_rel_diff']:.3g} (max rel diff) from Keras's own answers, over "
+                        f"{report['checked_max_rel_diff']:.3g}: the model amplifies float32 rounding (check its BatchNorm "
+                        "statistics) and no float32 backend can promise closer"]
+    return report, []
 
 
 def _climb(job: dict[str, Any], channel: TextIO, converter: Any, model: Any, preprocess: dict[str, Any], requested: str,
