@@ -442,3 +442,23 @@ def test_a_sequential_models_output_is_named_after_its_last_layer(tmp_path: Path
     model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(3, name="head")])
     model.save(tmp_path / f"mlp{suffix}")
     assert [s.name for s in _load(tmp_path / f"mlp{suffix}", fmt).outputs] == ["head"]
+
+
+def test_a_mixed_bfloat16_model_is_served_by_openvino_at_bfloat16s_tolerance(tmp_path: Path) -> None:
+    """OpenVINO's CPU cannot run the bfloat16 Converts of a 'mixed_bfloat16' model (it fell back to TF); a float32
+    clone converts, and agrees with the bfloat16 reference within bfloat16's own tolerance."""
+    from kvserve.server.uploads.parity import tolerance_for
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        series = keras.Input((12, 6), name="series")
+        hidden = keras.layers.GlobalAveragePooling1D()(keras.layers.Conv1D(8, 3, activation="relu")(series))
+        model = keras.Model(series, keras.layers.Dense(3, dtype="float32", name="scores")(hidden))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    model.save(tmp_path / "bf16.keras")
+    loaded = _load(tmp_path / "bf16.keras")
+    assert loaded.details["compute_dtype"] == "bfloat16"
+    feeds = {"series": np.random.default_rng(3).normal(size=(8, 12, 6)).astype(np.float32)}
+    assert _served(loaded, tmp_path / "bf16.keras", tmp_path, feeds, tolerance=tolerance_for("fp32", "f32", "bfloat16")) == "OpenVINO"
