@@ -6,7 +6,8 @@ Starts its own kvd on 127.0.0.1 serving the digits CNN as 'steady' (uploaded; tr
 then for --seconds runs at once: 2 good clients inferring on 'steady' and checking every answer against the
 first; a fuzzer sending generated hostile ModelInfer requests (odd names, versions, datatypes, shapes numpy
 cannot hold, broken contents) that must get documented statuses only (never INTERNAL/UNKNOWN); an image bomber
-(13000x13000 PNGs of ~160 KiB and 15,000 1x1 PNGs per request) that must get INVALID_ARGUMENT; a staller
+(13000x13000 PNGs of ~160 KiB and 15,000 1x1 PNGs per request) that must get INVALID_ARGUMENT; an HTTP fuzzer
+(generated KServe v2 / TF Serving REST requests) that must never get a 500; a staller
 opening uploads that send a header and nothing, then leave; a deleter uploading 'churn' versions and deleting
 them. kvd's RSS is sampled every 0.5 s; pass = nothing unexpected, peak RSS under the stated bound (RSS after
 warm-up + RSS_BOUND_MIB), exit 0 on SIGTERM.
@@ -176,6 +177,19 @@ def hostile_http(rng: random.Random, image_input: str) -> tuple[str, str, dict[s
     return method, path, headers, encoded
 
 
+def http_call(port: int, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    """One raw HTTP request to 127.0.0.1:``port`` (paths sent as generated, unquoted): (status, body)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body if method == "POST" else None, headers=headers)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
 def run(seconds: float = 60, model: Path | None = None, workdir: Path | None = None, steady_ready: bool = False) -> dict[str, Any]:
     """Run the hostile soak; returns the figures (``passed`` says whether it met its bounds)."""
     from kvserve.client import Client
@@ -188,7 +202,8 @@ def run(seconds: float = 60, model: Path | None = None, workdir: Path | None = N
     x = soak._inputs()
     if model is None:
         model = soak._train(workdir)
-    process, address = soak.start_kvd(workdir)
+    process, address = soak.start_kvd(workdir, http=True)
+    http_port = int((workdir / "http.port").read_text())
     tally = soak.Tally()
     rss: list[float] = []
     bomb = np.array([png(13000, 13000)], dtype=object)
@@ -236,6 +251,21 @@ def run(seconds: float = 60, model: Path | None = None, workdir: Path | None = N
                             tally.surprise(f"fuzz: {code}: {details[:200]}")
                     soak.until(deadline, step)
 
+            def http_fuzz() -> None:
+                rng = random.Random(1414)
+
+                def step() -> None:
+                    method, path, headers, body = hostile_http(rng, image_input)
+                    try:
+                        status, text = http_call(http_port, method, path, headers, body)
+                    except OSError as error:
+                        tally.surprise(f"http fuzz: {method} {path[:60]}: {error}")
+                        return
+                    tally.add("http_fuzzed")
+                    if (status >= 500 and status not in (501, 503)) or len(text) > 1400:
+                        tally.surprise(f"http fuzz: {status} for {method} {path[:60]}: {text[:200]!r}")
+                soak.until(deadline, step)
+
             def bombs() -> None:
                 with Client(address, timeout=60) as client:
                     def step() -> None:
@@ -282,7 +312,7 @@ def run(seconds: float = 60, model: Path | None = None, workdir: Path | None = N
                     rss.append(soak.rss_mb(process.pid))
                     time.sleep(0.5)
 
-            threads = [threading.Thread(target=t, daemon=True) for t in (good, good, fuzz, bombs, stall, deleter, sample)]
+            threads = [threading.Thread(target=t, daemon=True) for t in (good, good, fuzz, http_fuzz, bombs, stall, deleter, sample)]
             started = time.monotonic()
             for thread in threads:
                 thread.start()
@@ -312,12 +342,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    figures = run(args.seconds, args.model)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return 0 if figures["passed"] else 1
+    return _soak_module().report(run(args.seconds, args.model), args.json)
 
 
 if __name__ == "__main__":
