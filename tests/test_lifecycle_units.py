@@ -275,3 +275,23 @@ def test_a_manifest_with_malformed_tensors_is_listed_damaged(tmp_path):
     assert row.state == "UNAVAILABLE" and "a tensor's name, datatype or shape is malformed" in row.reason
     with pytest.raises(FailedPrecondition, match="malformed"):
         manager.load("m", 1)
+
+
+def test_warmup_inputs_give_free_dims_the_size_parity_proved():
+    """A fully-convolutional model ((None, None, 3) into a valid 3x3 conv) cannot run on 1x1: free dims get the
+    parity check's size, the batch dim 1, a fixed batch its own size."""
+    from kvserve.server.uploads.parity_inputs import FREE_DIM
+
+    feeds = warmup_inputs(Path("/nonexistent"), [TensorSpec("image", "FP32", (-1, -1, -1, 3)), TensorSpec("n", "INT32", (4, -1))])
+    assert feeds["image"].shape == (1, FREE_DIM, FREE_DIM, 3) and feeds["n"].shape == (4, FREE_DIM)
+
+
+def test_error_line_names_what_went_wrong_not_where():
+    from kvserve.proto.echo import error_line
+
+    openvino = "Exception from src/inference/src/cpp/infer_request.cpp:224:\nCheck 'x' failed at y:\n[CPU] Convolution: bad shape"
+    assert error_line(openvino) == "[CPU] Convolution: bad shape"
+    tensorflow = ("Graph execution error:\n\nDetected at node conv defined at (most recent call last):\n  File \"a.py\", line 3\n"
+                  "    model(x)\nComputed output size would be negative: -1\n\t [[{{node conv}}]] [Op:__inference_f]")
+    assert error_line(tensorflow) == "Computed output size would be negative: -1"
+    assert error_line(ValueError("one\u2028two")) == "one\\u2028two"

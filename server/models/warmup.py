@@ -2,7 +2,7 @@
 one that pays for lazy allocations and kernel selection.
 
 Inputs are the upload's own samples when they were kept (``samples/inputs.npy``, one input), else zeros of the
-signature's shape (dynamic dims as 1): either way real work through the real runner. Models with string
+signature's shape (batch 1, other dynamic dims the size the parity check used): either way real work through the real runner. Models with string
 (BYTES) inputs are not warmed up: a meaningful string cannot be made up.
 """
 
@@ -14,6 +14,7 @@ import numpy as np
 
 from kvserve.plugins.types import Runner, TensorSpec
 from kvserve.proto.tensors import DATATYPES
+from kvserve.server.uploads.parity_inputs import concrete_shape
 
 
 def warm_up(runner: Runner, model_dir: Path, inputs: list[TensorSpec], count: int) -> int:
@@ -34,7 +35,8 @@ def warmup_inputs(model_dir: Path, inputs: list[TensorSpec]) -> dict[str, np.nda
         sample = _kept_sample(model_dir / "samples" / "inputs.npy", inputs[0])
         if sample is not None:
             return {inputs[0].name: sample}
-    return {spec.name: np.zeros(tuple(d if d > 0 else 1 for d in spec.shape), DATATYPES[spec.datatype]) for spec in inputs}
+    return {spec.name: np.zeros(concrete_shape(spec, spec.shape[0] if spec.shape and spec.shape[0] > 0 else 1),
+                                DATATYPES[spec.datatype]) for spec in inputs}
 
 
 def _kept_sample(path: Path, spec: TensorSpec) -> np.ndarray | None:
