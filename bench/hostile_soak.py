@@ -6,7 +6,8 @@ Starts its own kvd on 127.0.0.1 serving the digits CNN as 'steady' (uploaded; tr
 then for --seconds runs at once: 2 good clients inferring on 'steady' and checking every answer against the
 first; a fuzzer sending generated hostile ModelInfer requests (odd names, versions, datatypes, shapes numpy
 cannot hold, broken contents) that must get documented statuses only (never INTERNAL/UNKNOWN); an image bomber
-(13000x13000 PNGs of ~160 KiB and 15,000 1x1 PNGs per request) that must get INVALID_ARGUMENT; a staller
+(13000x13000 PNGs of ~160 KiB and 15,000 1x1 PNGs per request) that must get INVALID_ARGUMENT; an HTTP fuzzer
+(generated KServe v2 / TF Serving REST requests) that must never get a 500; a staller
 opening uploads that send a header and nothing, then leave; a deleter uploading 'churn' versions and deleting
 them. kvd's RSS is sampled every 0.5 s; pass = nothing unexpected, peak RSS under the stated bound (RSS after
 warm-up + RSS_BOUND_MIB), exit 0 on SIGTERM.
@@ -95,6 +96,100 @@ def hostile_infer(rng: random.Random, image_input: str) -> Any:
     return request
 
 
+HTTP_DATATYPES = DATATYPES + ["INT16", "UINT64", None, 7, ["FP32"]]
+
+
+def _json_value(rng: random.Random, depth: int = 0) -> Any:
+    """A random JSON value: numbers at the edges of what parsers hold, strings, nesting, objects."""
+    kinds = ["int", "float", "str", "none", "bool", "list", "dict", "b64"] if depth < 4 else ["int", "float", "str"]
+    kind = rng.choice(kinds)
+    if kind == "int":
+        return rng.choice([0, -1, 1, 2**31, 2**63 - 1, -(2**63), 2**64, 10**30])
+    if kind == "float":
+        return rng.choice([0.5, -0.0, 1e308, 1e-320, 3.4e39])
+    if kind == "str":
+        return rng.choice(["", "x", "\u2028", "\r\nforged", "9" * 5000, "\ud800"[:1]])
+    if kind == "none":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "b64":
+        return {"b64": rng.choice(["", "!!!", "aGVsbG8=", "A" * 7, "iVBORw0KGgo="])}
+    if kind == "list":
+        return [_json_value(rng, depth + 1) for _ in range(rng.choice([0, 1, 2, 3, 64]))]
+    return {rng.choice(["b64", "name", "", "x" * 300]): _json_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+
+
+def _v2_tensor(rng: random.Random, image_input: str) -> dict[str, Any]:
+    shape = [rng.choice(HUGE_DIMS + [-1, -(2**63)]) if rng.random() < 0.3 else rng.randint(0, 9)
+             for _ in range(rng.choice([0, 1, 2, 4, 4, 70]))]
+    tensor: dict[str, Any] = {"name": rng.choice([image_input, image_input, "x", "", "\u2028" * 50, 5]),
+                              "datatype": rng.choice(HTTP_DATATYPES),
+                              "shape": rng.choice([shape, shape, shape, "1,2", None, [1.5], [[1]]])}
+    if rng.random() < 0.8:
+        tensor["data"] = rng.choice([_json_value(rng), [rng.random() for _ in range(rng.randint(0, 70))],
+                                     [[[0.0] * 8] * 8], "iVBORw0KGgo=", [{"b64": "iVBORw0KGgo="}]])
+    if rng.random() < 0.3:
+        tensor["parameters"] = rng.choice([{"binary_data_size": rng.choice([0, 4, -1, 2**63, "x", 256])},
+                                           {"content_type": "base64"}, _json_value(rng), "p"])
+    return tensor
+
+
+def hostile_http(rng: random.Random, image_input: str) -> tuple[str, str, dict[str, str], bytes]:
+    """One generated hostile HTTP request (method, path, headers, body) for the KServe v2 and TF Serving REST doors:
+    odd paths, JSON and binary-extension bodies whose sizes lie, shapes numpy cannot hold, broken encodings."""
+    name = rng.choice(["digits", "steady", "", "nope", "d" * rng.randint(1, 3000), "digits%0D%0A", "%00", "%E2%80%A8", "a%2Fb"])
+    version = rng.choice(["1", "0", "-1", "9" * rng.randint(1, 5000), "x", "1.5"])
+    headers: dict[str, str] = {"Content-Type": rng.choice(["application/json", "application/octet-stream", "text/plain", "x" * 500])}
+    door = rng.random()
+    if door < 0.55:  # KServe v2 infer, JSON or Triton's binary extension
+        path = rng.choice([f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{version}/infer", "/v2/models/digits/infer"])
+        body: Any = {"inputs": [_v2_tensor(rng, image_input) for _ in range(rng.choice([0, 1, 1, 1, 2, 40]))]}
+        if rng.random() < 0.3:
+            body["outputs"] = [{"name": rng.choice(["probabilities", "", "zz" * 500, 3]),
+                                "parameters": rng.choice([{"classification": rng.choice([0, -1, 2**62, 3, "3", None])},
+                                                          {"binary_data": rng.choice([True, "yes", None])}, []])}]
+        if rng.random() < 0.2:
+            body = rng.choice([_json_value(rng), [body], {"inputs": _json_value(rng)}, {"id": _json_value(rng), **body}])
+        encoded = json.dumps(body).encode()
+        if rng.random() < 0.35:
+            tail = rng.randbytes(rng.choice([0, 1, 3, 4, 255, 4096]))
+            headers["Inference-Header-Content-Length"] = rng.choice(
+                [str(len(encoded)), str(len(encoded)), str(len(encoded) + 10), "-1", "abc", "0", "9" * 30, ""])
+            encoded += tail
+    elif door < 0.85:  # TF Serving REST predict
+        path = rng.choice([f"/v1/models/{name}:predict", f"/v1/models/{name}/versions/{version}:predict",
+                           f"/v1/models/digits/labels/{name}:predict", "/v1/models/digits:predict", f"/v1/models/{name}:classify"])
+        rows = rng.choice([[[[[0.0]] * 8] * 8], [[1.0, 2.0], [3.0]], [{"b64": "!!"}], [_json_value(rng)], []])
+        body = rng.choice([{"instances": rows}, {"inputs": rows}, {"inputs": {image_input: rows, "x": rows}},
+                           {"instances": rows, "inputs": rows}, {"signature_name": "s" * 10000, "instances": rows},
+                           {"instances": [{image_input: rows, "zz": 1}]}, _json_value(rng)])
+        encoded = json.dumps(body).encode()
+    else:  # bodies that are not JSON at all, and the other endpoints with odd names
+        path = rng.choice(["/v2/models/digits/infer", "/v1/models/digits:predict", f"/v2/models/{name}",
+                           f"/v2/models/{name}/versions/{version}/ready", f"/v1/models/{name}/versions/{version}/metadata",
+                           f"/v2/repository/models/{name}/load", "/v2/models/digits/config"])
+        encoded = rng.choice([b"", b"{", b"[" * 100_000, b"\xff\xfe\x00", rng.randbytes(300), b'{"inputs": NaN}',
+                              b'{"inputs": [{"name": "a", "shape": [1e999]}]}', b"null", b'"s"'])
+    if rng.random() < 0.05:
+        headers["Content-Encoding"] = rng.choice(["gzip", "br", "x"])
+    method = "GET" if path.endswith(("ready", "/config", "metadata")) or (path.count("/") == 3 and rng.random() < 0.5) else "POST"
+    return method, path, headers, encoded
+
+
+def http_call(port: int, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    """One raw HTTP request to 127.0.0.1:``port`` (paths sent as generated, unquoted): (status, body)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body if method == "POST" else None, headers=headers)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
 def run(seconds: float = 60, model: Path | None = None, workdir: Path | None = None, steady_ready: bool = False) -> dict[str, Any]:
     """Run the hostile soak; returns the figures (``passed`` says whether it met its bounds)."""
     from kvserve.client import Client
@@ -107,7 +202,8 @@ def run(seconds: float = 60, model: Path | None = None, workdir: Path | None = N
     x = soak._inputs()
     if model is None:
         model = soak._train(workdir)
-    process, address = soak.start_kvd(workdir)
+    process, address = soak.start_kvd(workdir, http=True)
+    http_port = int((workdir / "http.port").read_text())
     tally = soak.Tally()
     rss: list[float] = []
     bomb = np.array([png(13000, 13000)], dtype=object)
@@ -155,6 +251,21 @@ def run(seconds: float = 60, model: Path | None = None, workdir: Path | None = N
                             tally.surprise(f"fuzz: {code}: {details[:200]}")
                     soak.until(deadline, step)
 
+            def http_fuzz() -> None:
+                rng = random.Random(1414)
+
+                def step() -> None:
+                    method, path, headers, body = hostile_http(rng, image_input)
+                    try:
+                        status, text = http_call(http_port, method, path, headers, body)
+                    except OSError as error:
+                        tally.surprise(f"http fuzz: {method} {path[:60]}: {error}")
+                        return
+                    tally.add("http_fuzzed")
+                    if (status >= 500 and status not in (501, 503)) or len(text) > 1400:
+                        tally.surprise(f"http fuzz: {status} for {method} {path[:60]}: {text[:200]!r}")
+                soak.until(deadline, step)
+
             def bombs() -> None:
                 with Client(address, timeout=60) as client:
                     def step() -> None:
@@ -201,7 +312,7 @@ def run(seconds: float = 60, model: Path | None = None, workdir: Path | None = N
                     rss.append(soak.rss_mb(process.pid))
                     time.sleep(0.5)
 
-            threads = [threading.Thread(target=t, daemon=True) for t in (good, good, fuzz, bombs, stall, deleter, sample)]
+            threads = [threading.Thread(target=t, daemon=True) for t in (good, good, fuzz, http_fuzz, bombs, stall, deleter, sample)]
             started = time.monotonic()
             for thread in threads:
                 thread.start()
@@ -231,12 +342,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    figures = run(args.seconds, args.model)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
-    return 0 if figures["passed"] else 1
+    return _soak_module().report(run(args.seconds, args.model), args.json)
 
 
 if __name__ == "__main__":

@@ -64,14 +64,16 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def start_kvd(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = workdir / "kvd.port"
+def start_kvd(workdir: Path, http: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """kvd on free 127.0.0.1 ports; with ``http`` its HTTP port is written to ``workdir / "http.port"``."""
+    port_file, http_port_file = workdir / "kvd.port", workdir / "http.port"
     log = open(workdir / "kvd.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "kvserve.server.main", "--http-address", "", "--repository", str(workdir / "repo"),
+    http_args = ["--http-address", "127.0.0.1:0", "--http-port-file", str(http_port_file)] if http else ["--http-address", ""]
+    process = subprocess.Popen([sys.executable, "-m", "kvserve.server.main", *http_args, "--repository", str(workdir / "repo"),
                                 "--address", "127.0.0.1:0", "--port-file", str(port_file), "--metrics-address", "127.0.0.1:0",
-                                "--max-uploads", "1", "--upload-queue-seconds", "60", "--http-address", ""], stdout=log, stderr=subprocess.STDOUT)
+                                "--max-uploads", "1", "--upload-queue-seconds", "60"], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while not port_file.exists():
+    while not port_file.exists() or (http and not http_port_file.exists()):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise SystemExit(f"kvd did not start; see {workdir / 'kvd.log'}")
@@ -254,11 +256,15 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    figures = run(args.seconds, args.clients, args.model)
+    return report(run(args.seconds, args.clients, args.model), args.json)
+
+
+def report(figures: dict[str, Any], json_path: Path | None) -> int:
+    """Print the figures (and write them to ``json_path``); the exit code says whether the soak passed."""
     text = json.dumps(figures, indent=2)
     print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    if json_path:
+        json_path.write_text(text + "\n")
     return 0 if figures["passed"] else 1
 
 

@@ -39,4 +39,20 @@ def short(value: object, limit: int = 64) -> str:
     return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
-__all__ = ["escape", "bounded", "short", "MAX_MESSAGE_CHARS"]
+# Lines of runtime errors that say where, not what: OpenVINO's source locations, TF's graph headers and tracebacks.
+_WHERE = ("Exception from", "Check '", "Graph execution error", "Detected at node", "File \"", "Traceback")
+
+
+def error_line(error: BaseException | str, limit: int = 300) -> str:
+    """The line of a (multi-line) runtime error that says what went wrong: OpenVINO's and TensorFlow's messages
+    open with where it happened; TF's real reason is the line before its ``[[{{node ...}}]]`` marker."""
+    lines = [line.strip() for line in str(error).replace("\r\n", "\n").split("\n") if line.strip()]  # not at U+2028
+    for index, line in enumerate(lines):
+        if line.startswith("[[") and index and not lines[index - 1].startswith(_WHERE):
+            return escape(lines[index - 1])[:limit]
+    useful = [line for line in lines if not line.startswith(_WHERE)]
+    text = (useful or lines or [type(error).__name__ if isinstance(error, BaseException) else "error"])[0]
+    return escape(text)[:limit]
+
+
+__all__ = ["escape", "bounded", "short", "error_line", "MAX_MESSAGE_CHARS"]

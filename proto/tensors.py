@@ -123,7 +123,7 @@ def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:
 def serialize_bytes(array: np.ndarray) -> bytes:
     parts: list[bytes] = []
     for item in array.reshape(-1):
-        data = item.encode() if isinstance(item, str) else bytes(item)
+        data = item.encode("utf-8", "surrogatepass") if isinstance(item, str) else bytes(item)
         parts.append(struct.pack("<I", len(data)))
         parts.append(data)
     return b"".join(parts)

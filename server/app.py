@@ -139,7 +139,8 @@ def build(settings: Settings) -> Daemon:
     lifecycle.on_drain(lambda: uploads.abandon_all(SHUTDOWN_MESSAGE))
     loop = asyncio.new_event_loop()
     loop.set_default_executor(futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="kvd-work"))
-    dataplane = DataPlane(manager, Admission(settings.max_queue, settings.max_queue_bytes), settings.max_batch_size)
+    dataplane = DataPlane(manager, Admission(settings.max_queue, settings.max_queue_bytes), settings.max_batch_size,
+                          settings.image_limits)
     try:
         server, port = loop.run_until_complete(_server(settings, manager, lifecycle, tokens, reporter, uploads, plugins,
                                                        dataplane, credentials))

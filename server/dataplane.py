@@ -22,7 +22,7 @@ from kvserve.proto.tensors import DATATYPES, datatype_of
 from kvserve.server.ops import faults, metrics
 from kvserve.server.errors import DeadlineExceeded, InvalidArgument
 from kvserve.server.batching import BatchPolicy, Batcher, batchable
-from kvserve.server.ops.limits import PIXELS, Admission, deadline_passed
+from kvserve.server.ops.limits import PIXELS, Admission, ImageLimits, PixelBudget, deadline_passed
 from kvserve.server.models.manager import ModelManager, ModelVersion
 
 
@@ -32,14 +32,14 @@ def describe_specs(specs: list[TensorSpec]) -> str:
 
 def decode_images(model: ModelVersion, inputs: Mapping[str, np.ndarray], preprocess: Preprocess | None = None,
                   max_batch_size: int = 0, max_image_pixels: int = MAX_IMAGE_PIXELS,
-                  max_request_pixels: int = MAX_REQUEST_PIXELS) -> dict[str, np.ndarray]:
+                  max_request_pixels: int = MAX_REQUEST_PIXELS, budget: PixelBudget = PIXELS) -> dict[str, np.ndarray]:
     """BYTES inputs sent to an image input (one encoded image per element, shape [N] or [N, 1]) become the
     model's tensor, decoded and preprocessed per the manifest (as OpenVINO Model Server does for binary
     inputs). Other inputs pass through untouched.
 
     Bounded before anything is decoded: the element count against the batch limit, then every header against
     the per-image and per-request pixel budgets (the larger of the decoded size and the model's target size),
-    and the whole decode holds that many pixels of the process-wide budget (``PIXELS``)."""
+    and the whole decode holds that many pixels of the process-wide ``budget``."""
     specs = {spec.name: spec for spec in model.inputs}
     preprocess = preprocess or Preprocess.from_dict(model.manifest.get("preprocess"))
     decoded = dict(inputs)
@@ -75,7 +75,7 @@ def decode_images(model: ModelVersion, inputs: Mapping[str, np.ndarray], preproc
             if charged > max_request_pixels:
                 raise InvalidArgument(f"input '{shown}': the images up to element {index} add up to more than the "
                                       f"{max_request_pixels} pixels one request may decode; send fewer or smaller images")
-        with PIXELS.hold(charged):
+        with budget.hold(charged):
             images = []
             for index, item in enumerate(items):
                 try:
@@ -174,10 +174,13 @@ class DataPlane:
     older version on demand, decoding images) runs off the loop.
     """
 
-    def __init__(self, manager: ModelManager, admission: Admission | None = None, max_batch_size: int = 0) -> None:
+    def __init__(self, manager: ModelManager, admission: Admission | None = None, max_batch_size: int = 0,
+                 images: ImageLimits | None = None) -> None:
         self.manager = manager
         self.admission = admission or Admission(max_queue=32)
         self.max_batch_size = max_batch_size
+        self.images = images or ImageLimits()
+        self.pixels = PixelBudget(self.images.total)
         self._served: dict[tuple[str, str], Served] = {}
         manager.subscribe(self._forget)
 
@@ -202,9 +205,9 @@ class DataPlane:
         ``deadline`` is a ``time.monotonic()`` instant after which nobody awaits the answer (DEADLINE_EXCEEDED)."""
         served = await self.lookup(name, version)
         model = served.model
-        if served.images and any(array.dtype == object for array in inputs.values()):
-            inputs = await asyncio.to_thread(decode_images, model, inputs, served.preprocess, self.max_batch_size)
-        validate_inputs(model, inputs, self.max_batch_size)
+        encoded = served.images and any(array.dtype == object for array in inputs.values())
+        if not encoded:
+            validate_inputs(model, inputs, self.max_batch_size)
         if classification:
             classification = dict(classification)
             if "" in classification:  # request-level top_k without named outputs: the model's first output
@@ -212,14 +215,14 @@ class DataPlane:
         for output in list(requested or ()) + list(classification or ()):
             if output not in served.outputs:
                 raise InvalidArgument(f"model '{name}' has no output '{output}'; its outputs are {describe_specs(model.outputs)}")
-        outputs = await self._run(served, inputs, requested, deadline)
+        outputs = await self._run(served, inputs, requested, deadline, encoded)
         return model, classify(model, outputs, classification) if classification else outputs
 
     async def _run(self, served: Served, inputs: Mapping[str, np.ndarray], requested: list[str] | None,
-                   deadline: float | None) -> dict[str, np.ndarray]:
+                   deadline: float | None, encoded: bool = False) -> dict[str, np.ndarray]:
         """On a leased runner, behind the model's bounded queue (or its batcher)."""
         try:
-            return await self._admitted(served, inputs, requested, deadline)
+            return await self._admitted(served, inputs, requested, deadline, encoded)
         except DeadlineExceeded:
             metrics.DROPPED.labels(served.model.name, "deadline").inc()
             raise
@@ -228,15 +231,29 @@ class DataPlane:
             metrics.DROPPED.labels(served.model.name, "deadline" if expired else "cancelled").inc()
             raise
 
+    async def _decode(self, served: Served, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Encoded images -> the model's tensor, off the loop, within this server's pixel limits; then validated."""
+        limits = self.images
+        decoded = await asyncio.to_thread(decode_images, served.model, inputs, served.preprocess, self.max_batch_size,
+                                          limits.image, limits.request, self.pixels)
+        validate_inputs(served.model, decoded, self.max_batch_size)
+        return decoded
+
     async def _admitted(self, served: Served, inputs: Mapping[str, np.ndarray], requested: list[str] | None,
-                        deadline: float | None) -> dict[str, np.ndarray]:
+                        deadline: float | None, encoded: bool = False) -> dict[str, np.ndarray]:
+        """Encoded images are decoded inside the model's admission slot: a flood of image requests to one model
+        waits in (and overflows) that model's bounded queue before any of it is decoded."""
         model = served.model
         with self.manager.lease(model) as runner:
             line = self.admission.queue(model.name, runner)
-            if faults.active("slow-infer"):
-                await asyncio.to_thread(faults.pause, "slow-infer")
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise deadline_passed(model.name)
+            if served.policy is not None and faults.active("slow-infer"):
+                await _slow_model(model.name, deadline)
+            if encoded and served.policy is not None:  # decode in a slot, then join a batch like any other call
+                await self.admission.acquire(model.name, line, _nbytes(inputs), deadline)
+                try:
+                    inputs = await self._decode(served, inputs)
+                finally:
+                    self.admission.release(line)
             if served.policy is not None:
                 if served.batcher is None or served.batcher.runner is not runner:
                     served.batcher = Batcher(model.name, runner, served.policy, self.admission, line)
@@ -244,9 +261,12 @@ class DataPlane:
                 outputs = await served.batcher.infer(inputs, _rows(inputs), deadline)
                 served.infer_metric.observe(time.perf_counter() - started)
                 return {name: outputs[name] for name in requested} if requested else outputs
-            nbytes = sum(array.nbytes for array in inputs.values())
-            queued_s = await self.admission.acquire(model.name, line, nbytes, deadline)
+            queued_s = await self.admission.acquire(model.name, line, _nbytes(inputs), deadline)
             try:
+                if faults.active("slow-infer"):  # a slow model holds its slot, as a real one would
+                    await _slow_model(model.name, deadline)
+                if encoded:
+                    inputs = await self._decode(served, inputs)
                 started = time.perf_counter()
                 outputs = await infer_async(runner, dict(inputs), requested or None)
                 served.infer_metric.observe(time.perf_counter() - started)
@@ -254,6 +274,24 @@ class DataPlane:
                 self.admission.release(line)
             served.queue_metric.observe(queued_s)
             return outputs
+
+
+async def _slow_model(name: str, deadline: float | None) -> None:
+    """The ``slow-infer`` test fault: the model takes that long; a deadline passed meanwhile drops the call."""
+    await asyncio.to_thread(faults.pause, "slow-infer")
+    if deadline is not None and time.monotonic() >= deadline:
+        raise deadline_passed(name)
+
+
+def _nbytes(inputs: Mapping[str, np.ndarray]) -> int:
+    """Memory a queued request holds: array bytes, and the bytes of each element of BYTES (object) arrays."""
+    total = 0
+    for array in inputs.values():
+        if array.dtype == object:
+            total += sum(len(item) if isinstance(item, (bytes, bytearray, memoryview, str)) else 8 for item in array.flat)
+        else:
+            total += array.nbytes
+    return total
 
 
 def _rows(inputs: Mapping[str, np.ndarray]) -> int:

@@ -9,6 +9,8 @@ import signal
 import threading
 from pathlib import Path
 
+from kvserve.proto.images import MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
+from kvserve.server.ops.limits import DEFAULT_DECODE_PIXELS, ImageLimits
 from kvserve.server.ops.logs import FORMATS, configure
 from kvserve.server.settings import (DEFAULT_ADDRESS, DEFAULT_HTTP_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_METRICS_ADDRESS,
                                      DEFAULT_PRECISION, PERFORMANCE_HINTS, PRECISIONS, Settings, default_repository)
@@ -68,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, str]:
         grace_seconds=args.grace_seconds,
         allow_unsafe_deserialization=args.allow_unsafe_deserialization,
         custom_objects=_module_names(args.custom_objects or [env(CUSTOM_OBJECTS_ENV, "")]),
-        **operations_settings(args),
+        **operations_settings(parser, args),
         config_file=args.config, config_poll_s=args.config_poll_seconds, poll_seconds=args.poll_seconds,
         **scale_out_settings(parser, args),
     ), args.log_level
@@ -154,6 +156,12 @@ def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--upload-total-seconds", type=float, default=3600.0, help="drop an upload whose bytes take longer than this to arrive")
     group.add_argument("--max-queue", type=int, default=32, help="requests per model waiting for an infer slot before RESOURCE_EXHAUSTED")
     group.add_argument("--max-queue-mb", type=int, default=512, help="MiB of inputs one model's waiting requests may hold before RESOURCE_EXHAUSTED")
+    group.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                       help="largest image kvd decodes for an image input, in pixels (checked from its header)")
+    group.add_argument("--max-request-pixels", type=int, default=MAX_REQUEST_PIXELS,
+                       help="pixels all images of one request may decode to together")
+    group.add_argument("--max-decode-pixels", type=int, default=DEFAULT_DECODE_PIXELS,
+                       help="pixels all requests may be decoding at once (more wait, then RESOURCE_EXHAUSTED)")
     group.add_argument("--access-log", action="store_true", help="log one line per successful call (failures are always logged)")
     group.add_argument("--max-concurrent-rpcs", type=int, default=256, help="calls admitted at once; more get RESOURCE_EXHAUSTED")
     group.add_argument("--min-free-mb", type=int, default=256,
@@ -166,7 +174,11 @@ def add_operations_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--log-format", choices=FORMATS, default=env("KVSERVE_LOG_FORMAT", "text"), help="text lines or JSON lines")
 
 
-def operations_settings(args: argparse.Namespace) -> dict[str, object]:
+def operations_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, object]:
+    try:
+        images = ImageLimits(args.max_image_pixels, args.max_request_pixels, args.max_decode_pixels)
+    except ValueError as error:
+        parser.error(str(error))
     return {
         "metrics_address": args.metrics_address, "metrics_port_file": args.metrics_port_file,
         "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
@@ -177,6 +189,7 @@ def operations_settings(args: argparse.Namespace) -> dict[str, object]:
         "max_concurrent_rpcs": args.max_concurrent_rpcs, "log_format": args.log_format,
         "min_free_bytes": args.min_free_mb * 1024 * 1024, "archive_max_bytes": args.max_unpacked_mb * 1024 * 1024,
         "archive_ratio": args.archive_ratio, "child_memory_bytes": args.child_memory_mb * 1024 * 1024,
+        "image_limits": images,
     }
 
 

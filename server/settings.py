@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvserve.server.ops.limits import ImageLimits
+
 DEFAULT_ADDRESS = "127.0.0.1:8500"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:8502"
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:8501"  # TF Serving's REST port
@@ -73,6 +75,7 @@ class Settings:
     archive_ratio: int = 20  # a SavedModel archive may unpack to at most this many times the upload's size...
     archive_max_bytes: int = 16 * 1024 * 1024 * 1024  # ...and never more than this (--max-unpacked-mb)
     child_memory_bytes: int = 0  # address-space limit of converter/worker children (--child-memory-mb); 0 = none
+    image_limits: ImageLimits = field(default_factory=ImageLimits)  # pixels decoded per image/request/at once
     # model lifecycle (issue 13): config file, its poll, repository poll (0 = off)
     config_file: Path | None = None
     config_poll_s: float = 2.0

@@ -18,6 +18,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from opsutil import ADMIN_TOKEN, READ_TOKEN, copy_model, make_certs
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
@@ -184,3 +186,25 @@ def served_digits(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifa
         yield kvd
     finally:
         kvd.kill()
+
+
+# security tests (gRPC and HTTP): test certificates, a token file, a repository holding digits
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> dict[str, Path]:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Path:
+    """(security tests) A token file as an operator writes it: a comment, a blank line, extra spaces, mode 0600."""
+    path = tmp_path / "tokens"
+    path.write_text(f"# role token\nadmin {ADMIN_TOKEN}\n\nread  {READ_TOKEN}\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def digits_repo(tmp_path: Path, served_digits) -> Path:
+    copy_model(served_digits.repository, "digits", tmp_path / "repo")
+    return tmp_path / "repo"

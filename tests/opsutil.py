@@ -90,3 +90,7 @@ def make_certs(folder: Path) -> dict[str, Path]:
     for key in folder.glob("*.key"):
         os.chmod(key, 0o600)
     return {name: folder / f"{name}" for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+ADMIN_TOKEN = "admin-" + "a" * 32  # the tokens conftest's `tokens` fixture writes
+READ_TOKEN = "read-" + "b" * 32

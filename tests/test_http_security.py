@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import requests
 
-from opsutil import copy_model, make_certs
+from opsutil import ADMIN_TOKEN, READ_TOKEN
 
-ADMIN_TOKEN = "admin-" + "a" * 32
-READ_TOKEN = "read-" + "b" * 32
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> dict[str, Path]:
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture
-def tokens(tmp_path: Path) -> Path:
-    path = tmp_path / "tokens"
-    path.write_text(f"admin {ADMIN_TOKEN}\nread {READ_TOKEN}\n")
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
-def repo(tmp_path: Path, served_digits) -> Path:
-    copy_model(served_digits.repository, "digits", tmp_path / "repo")
-    return tmp_path / "repo"
 
 
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_tokens_and_roles_on_http(kvd_factory, repo, tokens):
-    kvd = kvd_factory(repo, "--auth-token-file", str(tokens), client_options={"token": ADMIN_TOKEN})
+def test_tokens_and_roles_on_http(kvd_factory, digits_repo, tokens):
+    kvd = kvd_factory(digits_repo, "--auth-token-file", str(tokens), client_options={"token": ADMIN_TOKEN})
     http = kvd.http_url
     for path in ("/v2/health/live", "/v2/health/ready"):  # probes need no token (issue 14)
         assert requests.get(http + path, timeout=30).status_code == 200
@@ -58,8 +36,8 @@ def test_tokens_and_roles_on_http(kvd_factory, repo, tokens):
     assert predict.status_code == 200, predict.text
 
 
-def test_tls_and_mtls_on_http(kvd_factory, repo, certs):
-    kvd = kvd_factory(repo, "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
+def test_tls_and_mtls_on_http(kvd_factory, digits_repo, certs):
+    kvd = kvd_factory(digits_repo, "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
                       "--tls-client-ca", str(certs["ca.pem"]),
                       client_options={"ca": certs["ca.pem"], "cert": certs["client.pem"], "key": certs["client.key"]})
     assert kvd.http_url.startswith("https://")
@@ -73,20 +51,20 @@ def test_tls_and_mtls_on_http(kvd_factory, repo, certs):
     assert kvd.process.poll() is None
 
 
-def test_http_disabled_with_empty_address(kvd_factory, repo):
-    kvd = kvd_factory(repo, "--http-address", "")
+def test_http_disabled_with_empty_address(kvd_factory, digits_repo):
+    kvd = kvd_factory(digits_repo, "--http-address", "")
     assert "HTTP (KServe v2 REST" not in kvd.log()
     with kvd.client() as client:
         assert client.ready()
 
 
-def test_drain_finishes_running_http_calls_and_refuses_new_ones(kvd_factory, repo):
+def test_drain_finishes_running_http_calls_and_refuses_new_ones(kvd_factory, digits_repo):
     import signal
     import threading
 
     from opsutil import sample, scrape, wait_for
 
-    kvd = kvd_factory(repo, "--grace-seconds", "20", env={"KVSERVE_TEST_FAULT": "slow-infer=3"})
+    kvd = kvd_factory(digits_repo, "--grace-seconds", "20", env={"KVSERVE_TEST_FAULT": "slow-infer=3"})
     http = kvd.http_url
     name = requests.get(http + "/v2/models/digits", timeout=30).json()["inputs"][0]["name"]
     body = {"inputs": [{"name": name, "shape": [1, 8, 8, 1], "datatype": "FP32", "data": [0.0] * 64}]}

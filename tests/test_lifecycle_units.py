@@ -277,10 +277,21 @@ def test_a_manifest_with_malformed_tensors_is_listed_damaged(tmp_path):
         manager.load("m", 1)
 
 
-def test_warmup_inputs_give_free_spatial_dims_the_parity_size(tmp_path):
-    """A fully-convolutional model (height and width None) cannot take a 1x1 image through strided 3x3 layers: a
-    warm-up at 1x1 failed on every device and the model was refused; dynamic dims get the size parity ran."""
+def test_warmup_inputs_give_free_dims_the_size_parity_proved():
+    """A fully-convolutional model ((None, None, 3) into a valid 3x3 conv) cannot run on 1x1: free dims get the
+    parity check's size, the batch dim 1, a fixed batch its own size."""
     from kvserve.server.uploads.parity_inputs import FREE_DIM
 
-    feeds = warmup_inputs(tmp_path, [TensorSpec("image", "FP32", (-1, -1, -1, 3)), TensorSpec("steps", "INT32", (-1, -1))])
-    assert feeds["image"].shape == (1, FREE_DIM, FREE_DIM, 3) and feeds["steps"].shape == (1, FREE_DIM)
+    feeds = warmup_inputs(Path("/nonexistent"), [TensorSpec("image", "FP32", (-1, -1, -1, 3)), TensorSpec("n", "INT32", (4, -1))])
+    assert feeds["image"].shape == (1, FREE_DIM, FREE_DIM, 3) and feeds["n"].shape == (4, FREE_DIM)
+
+
+def test_error_line_names_what_went_wrong_not_where():
+    from kvserve.proto.echo import error_line
+
+    openvino = "Exception from src/inference/src/cpp/infer_request.cpp:224:\nCheck 'x' failed at y:\n[CPU] Convolution: bad shape"
+    assert error_line(openvino) == "[CPU] Convolution: bad shape"
+    tensorflow = ("Graph execution error:\n\nDetected at node conv defined at (most recent call last):\n  File \"a.py\", line 3\n"
+                  "    model(x)\nComputed output size would be negative: -1\n\t [[{{node conv}}]] [Op:__inference_f]")
+    assert error_line(tensorflow) == "Computed output size would be negative: -1"
+    assert error_line(ValueError("one\u2028two")) == "one\\u2028two"

@@ -11,14 +11,12 @@ import grpc
 import numpy as np
 import pytest
 
-from opsutil import copy_model, make_certs
+from opsutil import ADMIN_TOKEN, READ_TOKEN
 
 from kvserve.server.ops.auth import ADMIN, PUBLIC, READ, load_tokens, role_needed
 from kvserve.server.ops.security import check_exposure, is_loopback
 from kvserve.server.settings import Settings
 
-ADMIN_TOKEN = "admin-" + "a" * 32
-READ_TOKEN = "read-" + "b" * 32
 X = np.zeros((2, 8, 8, 1), np.float32)
 KVCTL = [sys.executable, "-m", "kvserve.client.cli"]
 
@@ -27,25 +25,6 @@ def _code(call) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return caught.value.code(), caught.value.details()
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> dict[str, Path]:
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture
-def tokens(tmp_path: Path) -> Path:
-    path = tmp_path / "tokens"
-    path.write_text(f"# role token\nadmin {ADMIN_TOKEN}\n\nread  {READ_TOKEN}\n")
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
-def repo(tmp_path: Path, served_digits) -> Path:
-    copy_model(served_digits.repository, "digits", tmp_path / "repo")
-    return tmp_path / "repo"
 
 
 def test_role_table_defaults_to_admin():
@@ -99,8 +78,8 @@ def test_kvd_refuses_to_listen_openly(tmp_path):
     assert "refusing to listen on 0.0.0.0:0 without TLS or tokens" in result.stderr
 
 
-def test_tokens_and_roles(kvd_factory, repo, tokens):
-    kvd = kvd_factory(repo, "--auth-token-file", str(tokens), client_options={"token": READ_TOKEN})
+def test_tokens_and_roles(kvd_factory, digits_repo, tokens):
+    kvd = kvd_factory(digits_repo, "--auth-token-file", str(tokens), client_options={"token": READ_TOKEN})
     with kvd.client(token=None) as anonymous:
         code, message = _code(anonymous.list_models)
         assert code == grpc.StatusCode.UNAUTHENTICATED and "KVSERVE_TOKEN" in message
@@ -114,7 +93,7 @@ def test_tokens_and_roles(kvd_factory, repo, tokens):
         assert reader.infer("digits", X)["probabilities"].shape == (2, 10)
         assert reader.list_models() and reader.devices() and reader.describe("digits")["version"] == "1"
         for admin_call in (lambda: reader.delete("digits"), lambda: reader.load("digits"), lambda: reader.unload("digits"),
-                           lambda: reader.upload(repo / "digits" / "1" / "manifest.json", name="x")):
+                           lambda: reader.upload(digits_repo / "digits" / "1" / "manifest.json", name="x")):
             code, message = _code(admin_call)
             assert code == grpc.StatusCode.PERMISSION_DENIED and "needs an admin token; this token has the read role" in message
     with kvd.client(token=ADMIN_TOKEN) as admin:
@@ -128,8 +107,8 @@ def test_tokens_and_roles(kvd_factory, repo, tokens):
     assert result.returncode == 0 and '"digits"' in result.stdout
 
 
-def test_tls_with_token(kvd_factory, repo, tokens, certs):
-    kvd = kvd_factory(repo, "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
+def test_tls_with_token(kvd_factory, digits_repo, tokens, certs):
+    kvd = kvd_factory(digits_repo, "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
                       "--auth-token-file", str(tokens), client_options={"ca": certs["ca.pem"], "token": ADMIN_TOKEN})
     with kvd.client() as client:
         assert client.infer("digits", X)["probabilities"].shape == (2, 10)
@@ -142,9 +121,9 @@ def test_tls_with_token(kvd_factory, repo, tokens, certs):
     assert "TLS, tokens" in kvd.log()
 
 
-def test_mutual_tls(kvd_factory, repo, certs):
+def test_mutual_tls(kvd_factory, digits_repo, certs):
     client_cert = {"ca": certs["ca.pem"], "cert": certs["client.pem"], "key": certs["client.key"]}
-    kvd = kvd_factory(repo, "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
+    kvd = kvd_factory(digits_repo, "--tls-cert", str(certs["server.pem"]), "--tls-key", str(certs["server.key"]),
                       "--tls-client-ca", str(certs["ca.pem"]), client_options=client_cert)
     with kvd.client() as client:
         assert client.infer("digits", X)["probabilities"].shape == (2, 10)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from kvserve.plugins import safe
+from kvserve.proto.echo import error_line
 from kvserve.plugins.manager import Plugins
 from kvserve.plugins.types import LoadRequest, Runner, TensorSpec
 from kvserve.server.errors import FailedPrecondition, NotFound, Unavailable
@@ -123,7 +124,7 @@ class ModelManager:
                                                   allow_unsafe_deserialization=self.settings.allow_unsafe_deserialization))
             except Exception as error:  # noqa: BLE001 - try the next device, keep the reason
                 log.warning("loading %s on %s failed: %s", model_dir, device, error)
-                skipped.append(f"{device} failed to load it: {str(error).splitlines()[0][:300] if str(error) else type(error).__name__}")
+                skipped.append(f"{device} failed to load it: {error_line(error)}")
                 continue
             count = wanted.warmup if warmup is None else warmup
             try:
@@ -131,7 +132,7 @@ class ModelManager:
             except Exception as error:  # noqa: BLE001 - a model that cannot answer is not ready on this device
                 runner.close()
                 log.warning("warming up %s on %s failed: %s", model_dir, device, error)
-                skipped.append(f"{device} failed its warm-up inference: {str(error).splitlines()[0][:300] if str(error) else type(error).__name__}")
+                skipped.append(f"{device} failed its warm-up inference: {error_line(error)}")
                 continue
             execution = getattr(runner, "execution_precision", "")
             served = f"served by {device}" + (f" ({execution} execution)" if execution else "")

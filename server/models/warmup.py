@@ -2,9 +2,7 @@
 one that pays for lazy allocations and kernel selection.
 
 Inputs are the upload's own samples when they were kept (``samples/inputs.npy``, one input), else zeros of the
-signature's shape (batch 1; other dynamic dims at the size the parity check ran them, so a fully-convolutional
-model with free height and width is not fed a 1x1 image its strided layers cannot take): either way real work
-through the real runner. Models with string
+signature's shape (batch 1, other dynamic dims the size the parity check used): either way real work through the real runner. Models with string
 (BYTES) inputs are not warmed up: a meaningful string cannot be made up.
 """
 
@@ -37,7 +35,8 @@ def warmup_inputs(model_dir: Path, inputs: list[TensorSpec]) -> dict[str, np.nda
         sample = _kept_sample(model_dir / "samples" / "inputs.npy", inputs[0])
         if sample is not None:
             return {inputs[0].name: sample}
-    return {spec.name: np.zeros(tuple(concrete_shape(spec, 1)), DATATYPES[spec.datatype]) for spec in inputs}
+    return {spec.name: np.zeros(concrete_shape(spec, spec.shape[0] if spec.shape and spec.shape[0] > 0 else 1),
+                                DATATYPES[spec.datatype]) for spec in inputs}
 
 
 def _kept_sample(path: Path, spec: TensorSpec) -> np.ndarray | None:

@@ -14,8 +14,10 @@ import time
 import weakref
 from collections import deque
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from kvserve.proto.images import MAX_IMAGE_PIXELS, MAX_REQUEST_PIXELS
 from kvserve.server.errors import DeadlineExceeded, KvError, ResourceExhausted
 
 DEFAULT_SLOTS = 4  # concurrent infers on a runner that does not say (OpenVINO runners say: nireq)
@@ -202,4 +204,26 @@ class PixelBudget:
                 self._room.notify_all()
 
 
-PIXELS = PixelBudget(200_000_000)
+DEFAULT_DECODE_PIXELS = 200_000_000
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """How many pixels kvd decodes: one image, one request, and every request decoding at once (kvd
+    --max-image-pixels, --max-request-pixels, --max-decode-pixels). Checked from image headers, before decoding."""
+
+    image: int = MAX_IMAGE_PIXELS
+    request: int = MAX_REQUEST_PIXELS
+    total: int = DEFAULT_DECODE_PIXELS
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--max-image-pixels", self.image), ("--max-request-pixels", self.request),
+                            ("--max-decode-pixels", self.total)):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}")
+        if self.request < self.image or self.total < self.request:
+            raise ValueError(f"--max-image-pixels ({self.image}) <= --max-request-pixels ({self.request}) <= "
+                             f"--max-decode-pixels ({self.total}) must hold; raise the larger limits too")
+
+
+PIXELS = PixelBudget(DEFAULT_DECODE_PIXELS)

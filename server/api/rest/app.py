@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
+from kvserve.proto.echo import bounded, short
+
 from . import tfserving, v2
 from .errors import error_response
 from .guard import AuthMiddleware, Door
@@ -40,12 +42,13 @@ def _web_routes(door: Door) -> list[BaseRoute]:
 
 async def _http_error(request: Request, error: Exception) -> Response:
     status = error.status_code if isinstance(error, HTTPException) else 500
+    method, path = short(request.method, 16), short(request.url.path, 200)  # the client's words, escaped and cut
     if status == 404:
-        message = f"no route {request.method} {request.url.path}; see docs/http-api.md (/v2/..., /v1/models/...)"
+        message = f"no route {method} {path}; see docs/http-api.md (/v2/..., /v1/models/...)"
     elif status == 405:
-        message = f"{request.method} is not allowed on {request.url.path}"
+        message = f"{method} is not allowed on {path}"
     else:
-        message = str(getattr(error, "detail", "")) or "request failed"
+        message = bounded(str(getattr(error, "detail", "")) or "request failed")
     return error_response(message, status)
 
 

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kvserve.proto.echo import short
 from kvserve.server.errors import Cancelled, Internal, ResourceExhausted, Unavailable
 from kvserve.server.ops import metrics
 from kvserve.server.ops.auth import ADMIN, GRANTS, PUBLIC, READ, _bearer, _digest
@@ -164,7 +165,7 @@ def endpoint(door: Door, method: str, handler: Handler, drains: bool = True) -> 
             code = code_of(error)
             code_name = code.name
             if code.name == "INTERNAL" and not isinstance(error, Internal):
-                log.exception("%s %s failed unexpectedly", request.method, request.url.path)
+                log.exception("%s %s failed unexpectedly", short(request.method, 16), short(request.url.path, 200))
                 message = f"internal error in {method}; the kvd log has the details"
             else:
                 message = str(error)

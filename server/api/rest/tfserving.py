@@ -13,7 +13,9 @@ from starlette.routing import BaseRoute, Route
 from kvserve.server.api.infer_adapter import blocking, infer
 from kvserve.server.api.tfserving_models import (PREDICT_METHOD, SIGNATURE, check_signature, signature, statuses,
                                                  version_text)
+from kvserve.proto.echo import short
 from kvserve.server.errors import InvalidArgument, NotFound
+from kvserve.server.models.repository import parse_version
 
 from .errors import Unimplemented
 from .guard import Door, endpoint, read_body
@@ -32,8 +34,8 @@ def _parse(path: str) -> tuple[str, int | None, str, str]:
         raise NotFound(f"no route /v1/models/{path}; use /v1/models/NAME[/versions/N][/metadata|:predict]")
     version = match["version"]
     if version is not None and not version.isdigit():
-        raise InvalidArgument(f"version must be a number, got '{version}'; use /labels/{version} for a label")
-    return match["name"], int(version) if version else None, match["label"] or "", match["tail"] or ""
+        raise InvalidArgument(f"version must be a number, got '{short(version)}'; use /labels/{short(version)} for a label")
+    return match["name"], parse_version(version) if version else None, match["label"] or "", match["tail"] or ""
 
 
 def _tensor_info(name: str, dtype: str, shape: list[int]) -> dict[str, Any]:

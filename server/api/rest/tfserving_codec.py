@@ -40,7 +40,7 @@ def _bytes_tree(value: Any, name: str) -> Any:
         except (binascii.Error, ValueError, TypeError):
             raise HttpError(f"input '{name}': a \"b64\" value is not valid base64") from None
     if isinstance(value, str):
-        return value.encode()
+        return value.encode("utf-8", "surrogatepass")  # JSON may hold lone surrogates; bytes are bytes
     raise HttpError(f"input '{name}': mixes strings with {type(value).__name__} values; send all strings or all numbers")
 
 

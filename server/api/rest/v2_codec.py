@@ -94,7 +94,7 @@ def _to_bytes(item: Any, name: str, base64_strings: bool) -> bytes:
         if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
             return base64.b64decode(item["b64"], validate=True)
         if isinstance(item, str):
-            return base64.b64decode(item, validate=True) if base64_strings else item.encode()
+            return base64.b64decode(item, validate=True) if base64_strings else item.encode("utf-8", "surrogatepass")
     except (binascii.Error, ValueError):
         raise HttpError(f"input '{name}': an element is not valid base64") from None
     raise HttpError(f"input '{name}': BYTES elements must be strings or {{\"b64\": \"...\"}} objects")
