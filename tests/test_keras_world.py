@@ -462,3 +462,27 @@ def test_a_mixed_bfloat16_model_is_served_by_openvino_at_bfloat16s_tolerance(tmp
     assert loaded.details["compute_dtype"] == "bfloat16"
     feeds = {"series": np.random.default_rng(3).normal(size=(8, 12, 6)).astype(np.float32)}
     assert _served(loaded, tmp_path / "bf16.keras", tmp_path, feeds, tolerance=tolerance_for("fp32", "f32", "bfloat16")) == "OpenVINO"
+
+
+def test_the_tf_fallback_is_checked_like_an_ir_and_an_unstable_model_is_refused(tmp_path: Path) -> None:
+    """A TF fallback used to be recorded with no check of its own (and served EfficientNetV2S 0.98 from Keras). The
+    converter child now runs the TF backend's runner against the original on the parity inputs; when even that
+    disagrees (the model amplifies float32 rounding), the upload is refused in one line."""
+    import io
+
+    from kvserve.server.uploads.convert_child import _tf_parity
+
+    source = keras.Input((5,), name="x")
+    keras.Model(source, keras.layers.Dense(3, activation="softmax", name="p")(source)).save(tmp_path / "m.keras")
+    model = _load(tmp_path / "m.keras")
+    job = {"out_dir": str(tmp_path), "source": str(tmp_path / "m.keras"), "format": "keras-v3", "allow_unsafe": False}
+    report, warnings = _tf_parity(job, io.StringIO(), model, {})
+    assert report["backend"] == "TF" and report["passed"] is True and report["tolerance_max_rel_diff"] == 1e-3 and not warnings
+    exact = model.reference
+    model.reference = lambda feeds: {name: value + 0.01 * np.random.default_rng(0).normal(size=value.shape)
+                                     for name, value in exact(feeds).items()}  # a reference no float32 run reproduces
+    with pytest.raises(ModelRejected) as info:
+        _tf_parity(job, io.StringIO(), model, {})
+    message = str(info.value)
+    assert message.startswith("the model is numerically unstable") and "BatchNorm" in message and "--tolerance" in message
+    assert "\n" not in message

@@ -587,7 +587,6 @@ ZOO: tuple[Entry, ...] = (
     Entry("InceptionV3", "applications", "savedmodel", _app("InceptionV3", 75), pixels(75, "tf"), heavy=True),
     Entry("VGG16", "applications", "keras", _app("VGG16", 32), pixels(32, "caffe"), heavy=True),
     Entry("MobileNetV3Large", "applications", "keras", _app("MobileNetV3Large", 32), pixels(32, "raw"), heavy=True),
-    Entry("RegNetX002", "applications", "keras", _app("RegNetX002", 32), pixels(32, "raw"), heavy=True),
     Entry("ResNet50V2", "applications", "h5", _app("ResNet50V2", 32), pixels(32, "tf"), heavy=True),
 )
 

@@ -101,8 +101,9 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
 def _tf_parity(job: dict[str, Any], channel: TextIO, model: Any, preprocess: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
     """What the TF backend will serve, checked like an IR: the very runner it loads (the original model behind a
     ``tf.function``, float32) against the original called as Keras calls it, on the same realistic inputs. Its
-    tolerance is fp32's in f32 (or the model's own float16/bfloat16 compute dtype's). A failure does not refuse
-    the upload (TF is the last resort) but is recorded and said: graph and eager execution of this model differ."""
+    tolerance is fp32's in f32 (or the model's own float16/bfloat16 compute dtype's). A failure refuses
+    the upload in one line: graph and eager execution of this very model differ, so no answer kvd serves could be
+    promised (a user ``--tolerance`` accepts it)."""
     from kvserve.plugins.backends.tensorflow_fallback import load_tensorflow_runner
     from kvserve.server.uploads import parity_inputs
     from kvserve.server.uploads.parity import parity_report
@@ -119,16 +120,25 @@ def _tf_parity(job: dict[str, Any], channel: TextIO, model: Any, preprocess: dic
         report = parity_report(model.reference, runner.infer, model.inputs, "fp32", "f32", tolerance=job.get("tolerance"),
                                feeds=chosen.feeds, feeds_source=chosen.description, reference_outputs=chosen.reference_outputs,
                                weak=chosen.weak, compute=model.details.get("compute_dtype", "float32"))
+    except (ModelRejected, UnsafeModel):
+        raise
     except Exception as error:  # noqa: BLE001 - the TF backend reports its own load failure when kvd loads it
         return None, [f"the TF backend could not be checked against the original model: {_first_line(error)}"]
     report["backend"] = "TF"
     emit(channel, {"stage": "verifying", "message": f"TF backend vs the original: {report['verdict']}, max rel diff "
                                                    f"{report['max_rel_diff']:.3g} on {chosen.description}"})
     if report["verdict"] == "fail":
-        return report, [f"TF serves this model {report['max_rel_diff']:.3g} (max rel diff) from Keras's own answers, over "
-                        f"{report['checked_max_rel_diff']:.3g}: the model amplifies float32 rounding (check its BatchNorm "
-                        "statistics) and no float32 backend can promise closer"]
+        raise ModelRejected(unstable_message(report))
     return report, []
+
+
+def unstable_message(report: dict[str, Any]) -> str:
+    """One line for a model even its own framework cannot reproduce: TF's graph run of the original disagrees with
+    Keras's call beyond float32 rounding, so its weights amplify tiny differences and no backend can be held to it."""
+    return (f"the model is numerically unstable: TensorFlow running the original model itself answers "
+            f"{report['max_rel_diff']:.3g} (max rel diff) away from Keras's own call, over the "
+            f"{report['checked_max_rel_diff']:.3g} float32 allows; its weights amplify tiny input changes (check its "
+            "BatchNorm statistics), or upload with --tolerance to accept that")
 
 
 def _climb(job: dict[str, Any], channel: TextIO, converter: Any, model: Any, preprocess: dict[str, Any], requested: str,
