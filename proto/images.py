@@ -32,6 +32,7 @@ KERAS_APPLICATIONS = {
     "mobilenet": "inception", "mobilenetv2": "inception", "mobilenet_1.00_224": "inception",
     "mobilenetv2_1.00_224": "inception", "nasnet": "inception",
     "resnet50": "caffe", "resnet101": "caffe", "resnet152": "caffe", "vgg16": "caffe", "vgg19": "caffe",
+    "resnet50v2": "inception", "resnet101v2": "inception", "resnet152v2": "inception",
     "densenet121": "torch", "densenet169": "torch", "densenet201": "torch",
 }
 
@@ -64,7 +65,9 @@ class Preprocess:
 def suggested_mode(model_name: str) -> str | None:
     """The Keras preprocessing for a recognisable Keras application architecture, else None."""
     name = model_name.lower()
-    return KERAS_APPLICATIONS.get(name) or next((mode for key, mode in KERAS_APPLICATIONS.items() if name.startswith(key)), None)
+    # the longest matching prefix: "resnet50v2" (inputs in [-1, 1]) is not "resnet50" (caffe)
+    prefixes = sorted((key for key in KERAS_APPLICATIONS if name.startswith(key)), key=len, reverse=True)
+    return KERAS_APPLICATIONS.get(name) or (KERAS_APPLICATIONS[prefixes[0]] if prefixes else None)
 
 
 def scale(pixels: np.ndarray, mode: str) -> np.ndarray:
