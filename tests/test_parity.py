@@ -227,14 +227,14 @@ def test_an_unknown_execution_precision_gets_the_loosest_float_tolerance():
     assert tolerance_for("fp32", "unknown") == pytest.approx(3e-2), "an fp32 IR not known to run in f32 is not held to 1e-3"
 
 
-@pytest.mark.parametrize("compute", ["float16", "bfloat16"])
-def test_a_mixed_precision_reference_is_only_as_exact_as_its_compute_dtype(compute):
+@pytest.mark.parametrize("compute, expected", [("float16", 3e-2), ("bfloat16", 6e-2)])
+def test_a_mixed_precision_reference_is_only_as_exact_as_its_compute_dtype(compute, expected):
     """fp32 weights in f32 are held to 1e-3 against a float32 Keras model, but a mixed-precision model's own
     answers carry float16/bfloat16 rounding: the promise is that dtype's, and the report says why."""
-    assert tolerance_for("fp32", "f32", compute) == pytest.approx(3e-2)
+    assert tolerance_for("fp32", "f32", compute) == pytest.approx(expected)
     assert tolerance_for("fp32", "f32", "float32") == pytest.approx(1e-3)
     report = parity_report(reference, reference, SPECS, "fp32", "f32", compute=compute)
-    assert report["tolerance_max_rel_diff"] == pytest.approx(3e-2) and report["reference_compute_dtype"] == compute
+    assert report["tolerance_max_rel_diff"] == pytest.approx(expected) and report["reference_compute_dtype"] == compute
     assert "reference_compute_dtype" not in parity_report(reference, reference, SPECS, "fp32", "f32")
 
 

@@ -30,9 +30,11 @@ HEADROOM = 0.5
 
 
 # A mixed-precision model (keras.mixed_precision policy 'mixed_float16' / 'mixed_bfloat16') computes in float16 or
-# bfloat16 in Keras itself: its reference is only that exact, whatever precision the converted model runs in
-# (float16 keeps 11 significant bits, as f16 execution; bfloat16 8, as bf16 execution).
-COMPUTE_TOLERANCES: dict[str, float] = {"float32": 0.0, "float16": 3e-2, "bfloat16": 3e-2}
+# bfloat16 in Keras itself: its reference is only that exact, whatever precision the converted model runs in.
+# float16 keeps 11 significant bits (as f16 execution); bfloat16 only 8, and unlike OpenVINO's bf16 execution
+# Keras keeps every activation in it: a small Conv1D model's own bfloat16 rounding measured ~2e-2 of its range
+# against any float32 run, so its promise is twice bf16 execution's.
+COMPUTE_TOLERANCES: dict[str, float] = {"float32": 0.0, "float16": 3e-2, "bfloat16": 6e-2}
 
 
 def tolerance_for(weights: str, execution: str, compute: str = "float32") -> float:
