@@ -147,7 +147,7 @@ def refuse_lambda(config: Any) -> None:
     names = list(dict.fromkeys(_layers_of_class(config, "Lambda")))
     if names:
         which = ", ".join(f"'{n}'" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        raise UnsafeModel(f"refused to load the model: Lambda layer {which} holds Python code {UNSAFE_HINT}")
+        raise UnsafeModel(f"refused to load the model: Lambda layer {which} {UNSAFE_HINT}")
 
 
 # --- loading ----------------------------------------------------------------------------------------------

@@ -209,6 +209,7 @@ def test_lambda_refusal_names_the_layer(tmp_path: Path, suffix: str, fmt: str) -
         _load(path, fmt)
     message = str(info.value)
     assert "'double_it'" in message and "--allow-unsafe-deserialization" in message
+    assert message.startswith("refused to load the model: Lambda layer 'double_it' whose Python code would run"), message
     assert "\n" not in message and "\x1b" not in message
     loaded = _load(path, fmt, unsafe=True)  # the operator's opt-in
     assert np.allclose(loaded.reference({"x": np.ones((1, 3), np.float32)})[loaded.outputs[0].name],
