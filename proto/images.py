@@ -32,7 +32,10 @@ KERAS_APPLICATIONS = {
     "mobilenet": "inception", "mobilenetv2": "inception", "mobilenet_1.00_224": "inception",
     "mobilenetv2_1.00_224": "inception", "nasnet": "inception",
     "resnet50": "caffe", "resnet101": "caffe", "resnet152": "caffe", "vgg16": "caffe", "vgg19": "caffe",
+    "resnet50v2": "inception", "resnet101v2": "inception", "resnet152v2": "inception",
     "densenet121": "torch", "densenet169": "torch", "densenet201": "torch",
+    # these rescale inside the model: they take 0-255 pixels as they are
+    "mobilenetv3": "none", "efficientnet": "none", "convnext": "none", "regnet": "none", "resnet-rs": "none",
 }
 
 
@@ -64,7 +67,10 @@ class Preprocess:
 def suggested_mode(model_name: str) -> str | None:
     """The Keras preprocessing for a recognisable Keras application architecture, else None."""
     name = model_name.lower()
-    return KERAS_APPLICATIONS.get(name) or next((mode for key, mode in KERAS_APPLICATIONS.items() if name.startswith(key)), None)
+    if name in KERAS_APPLICATIONS:
+        return KERAS_APPLICATIONS[name]
+    prefixes = [key for key in KERAS_APPLICATIONS if name.startswith(key)]  # the longest: resnet50v2, not resnet50
+    return KERAS_APPLICATIONS[max(prefixes, key=len)] if prefixes else None
 
 
 def scale(pixels: np.ndarray, mode: str) -> np.ndarray:
