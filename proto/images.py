@@ -34,6 +34,8 @@ KERAS_APPLICATIONS = {
     "resnet50": "caffe", "resnet101": "caffe", "resnet152": "caffe", "vgg16": "caffe", "vgg19": "caffe",
     "resnet50v2": "inception", "resnet101v2": "inception", "resnet152v2": "inception",
     "densenet121": "torch", "densenet169": "torch", "densenet201": "torch",
+    # these rescale inside the model: they take 0-255 pixels as they are
+    "mobilenetv3": "none", "efficientnet": "none", "convnext": "none", "regnet": "none", "resnet-rs": "none",
 }
 
 
@@ -65,9 +67,10 @@ class Preprocess:
 def suggested_mode(model_name: str) -> str | None:
     """The Keras preprocessing for a recognisable Keras application architecture, else None."""
     name = model_name.lower()
-    # the longest matching prefix: "resnet50v2" (inputs in [-1, 1]) is not "resnet50" (caffe)
-    prefixes = sorted((key for key in KERAS_APPLICATIONS if name.startswith(key)), key=len, reverse=True)
-    return KERAS_APPLICATIONS.get(name) or (KERAS_APPLICATIONS[prefixes[0]] if prefixes else None)
+    if name in KERAS_APPLICATIONS:
+        return KERAS_APPLICATIONS[name]
+    prefixes = [key for key in KERAS_APPLICATIONS if name.startswith(key)]  # the longest: resnet50v2, not resnet50
+    return KERAS_APPLICATIONS[max(prefixes, key=len)] if prefixes else None
 
 
 def scale(pixels: np.ndarray, mode: str) -> np.ndarray:

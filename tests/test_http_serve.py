@@ -26,7 +26,7 @@ def _page(request):
 
 def _app(tokens=None):
     door = Door(manager=None, dataplane=None, settings=Settings(), tokens=tokens)
-    return create_app(door, extra_routes=[Route("/", _page)])
+    return create_app(door, extra_routes=[Route("/extra", _page)])  # "/" is the web page's public shell
 
 
 def test_bind_makes_a_tcp_socket_and_explains_failures():
@@ -46,7 +46,7 @@ def test_own_thread_start_stop_and_extra_routes_behind_tokens():
     server = HttpServer(_app({hashlib.sha256(TOKEN.encode()).digest(): "read"}), bind("127.0.0.1:0"), Settings())
     server.start_thread()
     try:
-        url = f"http://127.0.0.1:{server.port}/"
+        url = f"http://127.0.0.1:{server.port}/extra"
         assert requests.get(url, timeout=10).status_code == 401
         answer = requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
         assert answer.status_code == 200 and answer.text == "hello from an extra route"
@@ -63,7 +63,7 @@ def test_serves_as_a_task_in_an_existing_loop():
         while not server.server.started:
             await asyncio.sleep(0.01)
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /extra HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         answer = await reader.read()
         writer.close()
         await server.astop()

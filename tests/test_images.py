@@ -249,11 +249,14 @@ def test_tritonclient_sends_png_bytes_and_gets_labels(served_digits, labelled_di
     assert sum(p == LABELS[t] for p, t in zip(predicted, truth)) >= len(truth) - 1, (answers, truth)
 
 
-@pytest.mark.parametrize("name, mode", [("resnet50", "caffe"), ("resnet50v2", "inception"), ("resnet152v2", "inception"),
-                                        ("resnet101_custom", "caffe"), ("densenet121", "torch"), ("my_net", None)])
-def test_suggested_preprocessing_takes_the_longest_known_prefix(name, mode):
-    """ResNet50V2 takes [-1, 1] inputs; matched as "resnet50" it got caffe-style parity inputs far out of its range,
-    its check passed on them, and it was served 0.14 from Keras on real ones."""
+@pytest.mark.parametrize("model_name, mode", [
+    ("resnet50", "caffe"), ("resnet50v2", "inception"), ("ResNet152V2", "inception"), ("vgg16", "caffe"),
+    ("MobilenetV3small", "none"), ("mobilenetv2_1.00_224", "inception"), ("efficientnetv2-b0", "none"),
+    ("densenet121", "torch"), ("my_model", None),
+])
+def test_keras_applications_get_their_own_preprocessing(model_name, mode):
+    """The longest known prefix wins (ResNet50V2 scales to [-1, 1], ResNet50 is caffe-style); families that
+    rescale inside the model take raw 0-255 pixels."""
     from kvserve.proto.images import suggested_mode
 
-    assert suggested_mode(name) == mode
+    assert suggested_mode(model_name) == mode

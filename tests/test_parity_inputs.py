@@ -57,6 +57,11 @@ def test_synthetic_pixels_mix_smooth_fields_and_hard_edges():
     ({"p": np.array([[0.1, np.nan], [0.2, 0.3]])}, "NaN or inf"),
     ({"p": np.array([[0.1, 0.9], [0.2, 0.8]])}, None),
     ({"p": np.array([[0.5, 0.5]])}, None),  # one row: nothing to compare across
+    # a softmax pushed to one-hot (ResNet50V2 fed caffe-scaled pixels): any precision agrees, proving nothing
+    ({"p": np.array([[1.0, 0.0, 0.0], [0.0, 1.0 - 1e-7, 1e-7], [0.0, 0.0, 1.0]], np.float32)}, "saturated"),
+    ({"t": np.array([[-1.0, 1.0], [1.0, -1.0]], np.float32)}, "saturated"),  # tanh at its ends
+    ({"p": np.array([[1.0, 0.0], [0.7, 0.3]], np.float32)}, None),  # one row informative: enough
+    ({"i": np.array([[1, 0], [0, 1]], np.int64)}, None),  # integer outputs compare exactly
 ])
 def test_degenerate(outputs, problem):
     found = degenerate(outputs)

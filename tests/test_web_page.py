@@ -79,3 +79,36 @@ def test_web_page_lists_models_and_classifies_a_digit(served_digits, web_model):
             assert errors == []
         finally:
             browser.close()
+
+
+def test_web_page_asks_for_a_token_when_kvd_requires_one(kvd_factory, digits_repo, tokens):
+    """With --auth-token-file a plain browser gets the page (its shell is public, no data), is asked for a token,
+    and with a read token lists the models; a wrong token is asked for again with kvd's reason."""
+    import requests
+
+    from opsutil import READ_TOKEN
+
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency (pip install -e '.[dev]')")
+    executable = _chromium()
+    kvd = kvd_factory(digits_repo, "--auth-token-file", str(tokens), client_options={"token": READ_TOKEN})
+    assert requests.get(kvd.http_url + "/ui/api/models", timeout=30).status_code == 401  # the data is not public
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(kvd.http_url + "/")
+            page.locator("#token-form").wait_for(state="visible", timeout=30_000)
+            assert "requires a token" in page.locator("#models").inner_text()
+            page.fill("#token", "x" * 40)
+            page.click("#token-form button")
+            page.locator("#token-form").wait_for(state="visible", timeout=30_000)
+            page.wait_for_function("document.querySelector('#token-message').textContent.includes('not valid')", timeout=30_000)
+            page.fill("#token", READ_TOKEN)
+            page.click("#token-form button")
+            page.locator('#models tr[data-model="digits"]').wait_for(timeout=30_000)
+            assert page.locator("#token-form").is_hidden()
+            assert errors == []
+        finally:
+            browser.close()

@@ -29,6 +29,8 @@ Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 FREE_DIM = 16
 # Outputs whose spread across the batch is below this fraction of their magnitude count as constant.
 CONSTANT_FRACTION = 1e-6
+# Outputs whose every value is this close to 0 or +-1 count as saturated.
+SATURATED = 1e-4
 WORDS = ("the", "a", "model", "server", "fast", "answer", "keras", "image", "good", "bad", "not", "very", "of", "to",
          "and", "is", "was", "great", "terrible", "movie", "data", "test", "hello", "world", "open", "vino")
 
@@ -167,7 +169,16 @@ def degenerate(outputs: Mapping[str, np.ndarray]) -> str | None:
         across = float(np.max(np.ptp(array, axis=0)))
         if across <= CONSTANT_FRACTION * max(float(np.max(np.abs(array))), 1e-30):
             return f"output '{name}' is the same for every input"
+        if value.dtype.kind in "fc" and _saturated(array):
+            return f"output '{name}' is saturated (every value 0 or +-1): these inputs are outside the model's range"
     return None
+
+
+def _saturated(array: np.ndarray) -> bool:
+    """Every value at 0 or +-1 (within SATURATED): a softmax/sigmoid/tanh pushed to its ends, where any precision
+    gives the same answer, so agreement proves nothing about the values real inputs produce."""
+    magnitude = np.abs(array)
+    return bool(np.all(np.minimum(magnitude, np.abs(magnitude - 1.0)) <= SATURATED))
 
 
 def run_chunked(predict: Predict, feeds: Mapping[str, np.ndarray], chunk: int) -> dict[str, np.ndarray]:

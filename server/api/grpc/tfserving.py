@@ -30,7 +30,8 @@ SIGNATURE_DEF = "signature_def"
 
 def _spec_version(spec: tfs.ModelSpec) -> tuple[int | None, str]:
     choice = spec.WhichOneof("version_choice")
-    return (spec.version.value if choice == "version" else None), (spec.version_label if choice == "version_label" else "")
+    # version 0 is OVMS's "the default version" (its clients send it unless told otherwise); kvd's start at 1
+    return (spec.version.value or None if choice == "version" else None), (spec.version_label if choice == "version_label" else "")
 
 
 def _require_name(spec: tfs.ModelSpec) -> str:

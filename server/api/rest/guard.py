@@ -49,12 +49,14 @@ class Door:
 
 
 HEALTH_PATHS = ("/v2/health/live", "/v2/health/ready")
+WEB_SHELL = "/ui/static/"
 
 
 def role_for(method: str, path: str) -> str:
-    """Public for the health probes (Kubernetes cannot send tokens); admin for what changes the repository
+    """Public for the health probes (Kubernetes cannot send tokens) and the web page's shell (static files, no
+    data: it asks the user for a token and sends it with every data call); admin for what changes the repository
     (load, unload); read for everything else."""
-    if method in ("GET", "HEAD") and path.rstrip("/") in HEALTH_PATHS:
+    if method in ("GET", "HEAD") and (path.rstrip("/") in HEALTH_PATHS or path == "/" or path.startswith(WEB_SHELL)):
         return PUBLIC
     if method == "POST" and path.startswith("/v2/repository/models/") and path.rstrip("/").endswith(("/load", "/unload")):
         return ADMIN

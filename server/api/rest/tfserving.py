@@ -35,7 +35,8 @@ def _parse(path: str) -> tuple[str, int | None, str, str]:
     version = match["version"]
     if version is not None and not version.isdigit():
         raise InvalidArgument(f"version must be a number, got '{short(version)}'; use /labels/{short(version)} for a label")
-    return match["name"], parse_version(version) if version else None, match["label"] or "", match["tail"] or ""
+    number = None if not version or version.strip("0") == "" else parse_version(version)  # 0: the default, as OVMS
+    return match["name"], number, match["label"] or "", match["tail"] or ""
 
 
 def _tensor_info(name: str, dtype: str, shape: list[int]) -> dict[str, Any]:

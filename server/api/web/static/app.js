@@ -11,11 +11,39 @@ function cell(row, text, className) {
   return td;
 }
 
-async function getJSON(url, options) {
-  const response = await fetch(url, options);
+// kvd with --auth-token-file: the page asks for a token once, keeps it for this tab only (sessionStorage) and
+// sends it as "Authorization: Bearer" with every data call; a 401 asks again.
+const TOKEN_KEY = "kvserve-token";
+
+class NeedsToken extends Error {}
+
+function askForToken(message) {
+  $("#token-form").hidden = false;
+  $("#token-message").textContent = message;
+  $("#token").focus();
+}
+
+async function getJSON(url, options = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = { ...(options.headers || {}), ...(token ? { Authorization: `Bearer ${token}` } : {}) };
+  const response = await fetch(url, { ...options, headers });
   const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (response.status === 401) {
+    askForToken(body.error || "kvd requires a token");
+    throw new NeedsToken(body.error || "kvd requires a token");
+  }
   if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
   return body;
+}
+
+function useToken(event) {
+  event.preventDefault();
+  const token = $("#token").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("#token").value = "";
+  $("#token-form").hidden = true;
+  refresh();
 }
 
 function shownState(model, version) {
@@ -196,12 +224,14 @@ async function refresh() {
   await Promise.all([loadModels(), loadSystem()]).catch((error) => {
     $("#models tbody").innerHTML = "";
     const row = $("#models tbody").insertRow();
-    const td = cell(row, `cannot read kvd: ${error.message}`, "error");
+    const text = error instanceof NeedsToken ? `${error.message}: enter a token above` : `cannot read kvd: ${error.message}`;
+    const td = cell(row, text, "error");
     td.colSpan = 7;
   });
 }
 
 $("#refresh").addEventListener("click", refresh);
+$("#token-form").addEventListener("submit", useToken);
 $("#try-form").addEventListener("submit", classify);
 $("#try-file").addEventListener("change", preview);
 $("#try-model").addEventListener("change", loadBenchmark);
