@@ -308,6 +308,10 @@ def _precision_line(manifest: dict[str, Any]) -> str:
     requested = manifest.get("precision_requested")
     if requested and requested != manifest.get("precision"):
         line += f" (asked: {requested})"
+    compute = parity.get("reference_compute_dtype")
+    if compute:
+        line += f"; the Keras model itself computes in {compute} (mixed precision), so parity allows " \
+                f"{parity.get('tolerance_max_rel_diff', 0):.3g}"
     climbed = [r for r in manifest.get("ladder") or [] if r.get("why_next")]
     if climbed:
         line += "; tried first: " + "; ".join(f"{r['weights']}/{r['execution']}: {r['why_next']}" for r in climbed)

@@ -147,7 +147,7 @@ def refuse_lambda(config: Any) -> None:
     names = list(dict.fromkeys(_layers_of_class(config, "Lambda")))
     if names:
         which = ", ".join(f"'{n}'" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        raise UnsafeModel(f"refused to load the model: Lambda layer {which} holds Python code {UNSAFE_HINT}")
+        raise UnsafeModel(f"refused to load the model: Lambda layer {which} {UNSAFE_HINT}")
 
 
 # --- loading ----------------------------------------------------------------------------------------------
@@ -169,9 +169,11 @@ def load_keras(path: Path, fmt: str, allow_unsafe: bool, loader: str | None = No
     try:
         import keras
 
-        return LoadedKeras(keras.models.load_model(path, compile=False, safe_mode=not allow_unsafe, custom_objects=objects), "keras")
+        model = keras.models.load_model(path, compile=False, safe_mode=not allow_unsafe, custom_objects=objects)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for a model it cannot read
         first = error
+    else:
+        return LoadedKeras(functional_view(model), "keras")
     if _missing := missing_class(first):
         raise ModelRejected(missing_class_message(_missing)) from None
     if "Lambda" in str(first) or "unsafe" in str(first).lower() and "deserializ" in str(first).lower():
@@ -204,6 +206,82 @@ def _load_tf_keras(path: Path, objects: dict[str, Any]) -> Any:
             raise ModelRejected(missing_class_message(name)) from None
         raise ModelRejected(f"could not load the .h5 model with Keras 3 or tf_keras ({type(error).__name__}: "
                             f"{one_line(error)}); check that the file is a complete Keras model") from None
+
+
+# --- subclassed models: a functional view from the shape they were built with ----------------------------
+def has_fixed_inputs(model: Any) -> bool:
+    """Whether the model was built on symbolic inputs (functional, Sequential with an Input), so it has ``inputs``."""
+    try:
+        return bool(model.inputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+def functional_view(model: Any) -> Any:
+    """``model`` itself when it has fixed inputs; for a ``keras.Model`` subclass (no ``Input``, built only by being
+    called), a functional model around it: symbolic inputs of the shape Keras recorded when it was built (the
+    ``.keras`` file's build config, batch dim made dynamic) called through the very same layers and weights, so
+    the converter, the parity check and the TF backend all see fixed, named inputs and outputs. A subclass saved
+    before it was ever built has no recorded shape: ModelRejected says how to build it."""
+    if has_fixed_inputs(model):
+        return model
+    import keras
+
+    shapes = (model.get_build_config() or {}).get("input_shape") if getattr(model, "built", False) else None
+    if shapes is None:
+        raise ModelRejected(f"the model ({type(model).__name__}, a keras.Model subclass) was saved before it was built, so "
+                            "its input shape is unknown; call it once on a batch (model(x)) or model.build((None, ...)) "
+                            "before model.save(), or upload model.export(dir) as a SavedModel") from None
+    argument = _call_argument(model)
+    dtype = _first_input_dtype(model)
+
+    def symbolic(shape: Any, name: str) -> Any:
+        return keras.Input(shape=tuple(None if d is None else int(d) for d in list(shape)[1:]), dtype=dtype, name=name)
+
+    if isinstance(shapes, dict):
+        inputs: Any = {key: symbolic(shape, str(key)) for key, shape in shapes.items()}
+    elif _is_shape(shapes):
+        inputs = symbolic(shapes, argument)
+    else:
+        inputs = [symbolic(shape, f"{argument}_{i}") for i, shape in enumerate(shapes)]
+    try:
+        outputs = model(inputs)
+    except Exception as error:  # noqa: BLE001 - the subclass cannot be called on its recorded input shape
+        raise ModelRejected(f"the model ({type(model).__name__}, a keras.Model subclass) cannot be called on symbolic inputs of "
+                            f"the shape it was built with ({one_line(error, 150)}); save a functional model or upload "
+                            "model.export(dir) as a SavedModel") from None
+    if isinstance(outputs, (list, tuple)):
+        outputs = [keras.layers.Identity(name=f"output_{i}")(out) for i, out in enumerate(outputs)]
+    elif not isinstance(outputs, dict):
+        outputs = keras.layers.Identity(name="output")(outputs)
+    return keras.Model(inputs, outputs, name=f"{model.name}_functional")
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(d is None or isinstance(d, int) for d in value)
+
+
+def _call_argument(model: Any) -> str:
+    """The name of ``call``'s first argument (``inputs``, ``x`` ...): what users of the subclass call its input."""
+    import inspect
+
+    try:
+        parameters = [p for p in inspect.signature(model.call).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        parameters = []
+    return parameters[0].name if parameters else "inputs"
+
+
+def _first_input_dtype(model: Any) -> str:
+    """The dtype the subclass's inputs have (the build config does not record it): integer tokens when its first
+    layer is an Embedding or IntegerLookup, strings for TextVectorization/StringLookup, else float32."""
+    layers = list(getattr(model, "layers", []) or [])
+    kind = type(layers[0]).__name__ if layers else ""
+    if kind in ("Embedding", "IntegerLookup"):
+        return "int32"
+    if kind in ("TextVectorization", "StringLookup"):
+        return "string"
+    return "float32"
 
 
 # --- signature: names, never positions --------------------------------------------------------------------
@@ -264,6 +342,14 @@ def _makes_strings(tensor: Any) -> bool:
     return type(layer).__name__ == "StringLookup" and bool(getattr(layer, "invert", False))
 
 
+def _producer_name(tensor: Any) -> str | None:
+    """The name of the layer that made ``tensor`` (a stable name, unlike a KerasTensor's ``keras_tensor_116``)."""
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None) or getattr(history, "layer", None)
+    name = getattr(layer, "name", None)
+    return str(name) if name else None
+
+
 def _shape(tensor: Any) -> tuple[int, ...]:
     return tuple(-1 if d is None else int(d) for d in tuple(tensor.shape))
 
@@ -308,15 +394,16 @@ def keras_signature(model: Any) -> KerasSignature:
         out_struct = output_structure(model)
     except (AttributeError, ValueError):  # a subclassed keras.Model that was never called on symbolic inputs
         raise ModelRejected(f"the model ({type(model).__name__}, a keras.Model subclass) has no fixed inputs and outputs "
-                            "kvd can read; save a functional model, or export it with model.export(dir) and upload "
-                            "the SavedModel") from None
+                            "kvd can read; build it (call it once on a batch) before saving, or upload "
+                            "model.export(dir) as a SavedModel") from None
     in_leaves = flatten(in_struct)
     inputs = [TensorSpec(_leaf_name(path, tensor.name), "", _shape(tensor)) for path, tensor in in_leaves]
     inputs = [TensorSpec(spec.name, _datatype(tensor, "input", spec.name), spec.shape) for spec, (_, tensor) in zip(inputs, in_leaves)]
     out_leaves = flatten(out_struct)
     keras_names = list(getattr(model, "output_names", None) or [])
-    if len(keras_names) != len(out_leaves):
-        keras_names = [getattr(t, "name", f"output_{i}").split("/")[0].split(":")[0] for i, (_, t) in enumerate(out_leaves)]
+    if len(keras_names) != len(out_leaves):  # Sequential has no output_names: name outputs by the layer making them
+        keras_names = [_producer_name(t) or getattr(t, "name", f"output_{i}").split("/")[0].split(":")[0]
+                       for i, (_, t) in enumerate(out_leaves)]
     outputs = []
     for (path, tensor), fallback in zip(out_leaves, keras_names):
         name = _leaf_name(path, fallback)

@@ -14,9 +14,11 @@ from kvserve.server.uploads.parity import tolerance_for
 
 
 def promised(manifest: Mapping[str, Any]) -> float:
-    """The max rel diff kvd promises for this upload (its weights and the precision it executed in)."""
+    """The max rel diff kvd promises for this upload (its weights, the precision it executed in, and the compute
+    dtype of the original Keras model: float16/bfloat16 for a mixed-precision one)."""
     parity = manifest["parity"]
-    return tolerance_for(manifest["precision"], parity.get("execution_precision", "unknown"))
+    compute = parity.get("reference_compute_dtype") or (manifest.get("converter") or {}).get("compute_dtype") or "float32"
+    return tolerance_for(manifest["precision"], parity.get("execution_precision", "unknown"), compute)
 
 
 def rel_diff(served: np.ndarray, reference: np.ndarray) -> float:

@@ -164,6 +164,11 @@ def test_corrupted_ir_fails_the_parity_check(kvd_factory, digits):
         fallback = client.upload(digits.paths["h5"], name="corrupt-tf")
         assert fallback["served_by"]["backend"] == "TF" and fallback["ir"] is None
         assert "parity failed at every precision tried" in fallback["conversion_error"]
+        # the parity recorded is the TF backend's own, against the original (the failed IR check is kept beside it)
+        tf_parity = fallback["parity"]
+        assert tf_parity["backend"] == "TF" and tf_parity["passed"] is True and tf_parity["execution_precision"] == "f32"
+        assert tf_parity["tolerance_max_rel_diff"] == 1e-3 and tf_parity["max_rel_diff"] <= 5e-4
+        assert fallback["openvino_parity"]["verdict"] == "fail"
         error = _rpc_error(lambda: client.upload(digits.paths["h5"], name="corrupt", devices=["CPU"]))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "disagrees with the original at every precision tried" in error.details() and "--force" in error.details()

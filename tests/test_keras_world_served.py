@@ -89,6 +89,9 @@ def test_string_output_over_v2_bytes(kvd, tmp_path: Path) -> None:
     manifest = _upload(kvd, tmp_path / "words.keras", "words")
     assert manifest["served_by"]["backend"] == "TF"
     assert manifest["outputs"] == [{"name": "words", "datatype": "BYTES", "shape": [-1, 3]}]
+    # TF's runner checked against the original like an IR: strings must match exactly
+    assert manifest["parity"]["backend"] == "TF" and manifest["parity"]["passed"] is True
+    assert manifest["parity"]["max_rel_diff"] == 0.0
     with kvd.client() as client:
         got = client.infer("words", {"ids": np.array([[1, 2, 3], [0, 1, 1]], dtype=np.int64)})["words"]
     assert got.tolist() == [[b"zero", b"one", b"two"], [b"[UNK]", b"zero", b"zero"]]

@@ -90,6 +90,23 @@ def test_compare_known_perturbation():
     assert report["top1_agreement"] == 1.0
 
 
+def test_rows_are_also_judged_by_their_own_groups_spread():
+    """One extreme row widens the batch's spread; the other rows' error must still count against their own."""
+    ref = np.tile([[0.2, 0.3, 0.5]], (8, 1)) + np.linspace(0, 0.2, 8)[:, None] * [1, -1, 0]
+    ref[0] = [1.0, 0.0, 0.0]  # an extreme row: the batch's spread is 1.0, the other rows' about 0.45
+    got = ref.copy()
+    got[5, 2] += 0.01
+    report = compare({"p": ref}, {"p": got})
+    group = float(np.ptp(ref[4:8]))
+    assert report["max_rel_diff"] == pytest.approx(0.01 / group) and report["max_rel_diff"] > 0.01 * 2
+
+
+def test_a_group_of_near_equal_rows_is_floored_at_a_quarter_of_the_batch_spread():
+    ref = np.concatenate([np.linspace(0, 1, 4), np.full(4, 0.5) + np.arange(4) * 1e-9])[:, None]
+    got = ref + 1e-6
+    assert compare({"y": ref}, {"y": got})["max_rel_diff"] == pytest.approx(1e-6 / 0.25)
+
+
 def test_flat_output_cannot_hide_a_wrong_model():
     """A nearly flat softmax (spread 1e-5): an IR answering a constant must not pass on a tiny absolute error."""
     ref = np.full((2, 1000), 1e-3) + np.linspace(0, 1e-5, 1000)
@@ -208,6 +225,17 @@ def test_tolerance_follows_weights_and_the_executed_precision(weights, execution
 def test_an_unknown_execution_precision_gets_the_loosest_float_tolerance():
     assert tolerance_for("fp16", "unknown") == pytest.approx(3e-2)
     assert tolerance_for("fp32", "unknown") == pytest.approx(3e-2), "an fp32 IR not known to run in f32 is not held to 1e-3"
+
+
+@pytest.mark.parametrize("compute, expected", [("float16", 3e-2), ("bfloat16", 6e-2)])
+def test_a_mixed_precision_reference_is_only_as_exact_as_its_compute_dtype(compute, expected):
+    """fp32 weights in f32 are held to 1e-3 against a float32 Keras model, but a mixed-precision model's own
+    answers carry float16/bfloat16 rounding: the promise is that dtype's, and the report says why."""
+    assert tolerance_for("fp32", "f32", compute) == pytest.approx(expected)
+    assert tolerance_for("fp32", "f32", "float32") == pytest.approx(1e-3)
+    report = parity_report(reference, reference, SPECS, "fp32", "f32", compute=compute)
+    assert report["tolerance_max_rel_diff"] == pytest.approx(expected) and report["reference_compute_dtype"] == compute
+    assert "reference_compute_dtype" not in parity_report(reference, reference, SPECS, "fp32", "f32")
 
 
 def test_parity_report_identical_passes():

@@ -8,7 +8,7 @@ import pytest
 
 from kvserve.plugins.types import TensorSpec
 from kvserve.server.uploads.parity import parity_report
-from kvserve.server.uploads.parity_inputs import candidates, choose, degenerate, synthetic_pixels
+from kvserve.server.uploads.parity_inputs import MAX_ROWS, MIN_ROWS, candidates, choose, degenerate, parity_rows, synthetic_pixels
 
 IMAGE = TensorSpec("image", "FP32", (-1, 32, 32, 3))
 
@@ -41,6 +41,15 @@ def test_synthetic_pixels_look_like_images():
     neighbour = np.abs(np.diff(pixels, axis=2)).mean()
     assert neighbour < 0.5 * np.abs(pixels - pixels.mean()).mean(), "neighbouring pixels correlate"
     assert not np.allclose(pixels[0], pixels[1])
+
+
+def test_synthetic_pixels_mix_smooth_fields_and_hard_edges():
+    """Half the rows are flat regions with hard edges: a parity batch of smooth fields alone passed EfficientNetB0
+    with fp16 weights at 2e-3 while edged images were 0.2 away."""
+    pixels = synthetic_pixels(np.random.default_rng(0), 4, 32, 32, 3).astype(np.float64)
+    steps = np.abs(np.diff(pixels, axis=2))
+    big = (steps > 100).mean(axis=(1, 2, 3))  # jumps far beyond the fine noise: region boundaries
+    assert big[1] > 5 * max(big[0], 1e-4) and big[3] > 5 * max(big[2], 1e-4), big
 
 
 @pytest.mark.parametrize("outputs, problem", [
@@ -100,3 +109,12 @@ def test_fixed_batch_models_are_run_one_row_at_a_time():
 
     chosen = choose(fixed, [TensorSpec("x", "FP32", (1, 5))], batch=4)
     assert set(seen) == {1} and chosen.reference_outputs["y"].shape == (4, 5) and chosen.weak is None
+
+
+def test_parity_rows_grow_for_small_inputs_and_stay_bounded_for_large():
+    """8 rows missed a one-in-twenty error tail (EfficientNetV2B0 at 32x32): small inputs get many more rows."""
+    small = [TensorSpec("image", "FP32", (-1, 32, 32, 3))]
+    assert parity_rows(small) == MAX_ROWS == 64
+    assert parity_rows([TensorSpec("x", "FP32", (-1, 10))]) == MAX_ROWS
+    assert parity_rows([TensorSpec("image", "FP32", (-1, 299, 299, 3))]) == MIN_ROWS
+    assert MIN_ROWS < parity_rows([TensorSpec("image", "FP32", (-1, 64, 64, 3))]) < MAX_ROWS

@@ -34,7 +34,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SEED = 1234
 ROWS = 4  # rows per served comparison
-CALIBRATION_ROWS = 8  # rows whose batch statistics become the BatchNorm moving statistics
+# Rows whose batch statistics become the BatchNorm moving statistics. Enough rows that they stand for the
+# population: with 8, a deep net at 32x32 (1x1 feature maps at the end) got per-channel variances from 8 values,
+# some near zero, and EfficientNetV2B0 became chaotic (a 1e-6 input change moved its softmax by 0.58, TF's graph
+# and eager calls disagreed by 0.11, and no float32 backend could agree with Keras); with 64 it is 7e-6.
+CALIBRATION_ROWS = 64
 
 
 
@@ -131,6 +135,43 @@ def sentences(rng: np.random.Generator, rows: int) -> np.ndarray:
     return out
 
 
+def padded_sequences(steps: int, features: int) -> Callable[[np.random.Generator, int], np.ndarray]:
+    """Sequences of different lengths padded with zero steps at the end (what a Masking layer skips)."""
+
+    def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
+        x = rng.normal(0, 1, size=(rows, steps, features)).astype(np.float32)
+        for row, length in enumerate(rng.integers(2, steps + 1, size=rows)):
+            x[row, length:] = 0.0
+        return x
+
+    return draw
+
+
+def padded_tokens(length: int, vocabulary: int) -> Callable[[np.random.Generator, int], np.ndarray]:
+    """Token ids with trailing 0 padding (an Embedding with mask_zero=True masks it)."""
+
+    def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
+        ids = rng.integers(1, vocabulary, size=(rows, length)).astype(np.int32)
+        for row, used in enumerate(rng.integers(2, length + 1, size=rows)):
+            ids[row, used:] = 0
+        return ids
+
+    return draw
+
+
+def mixed_dtypes(rng: np.random.Generator, rows: int) -> dict[str, np.ndarray]:
+    """Three inputs of three dtypes: counts (int64), flags (bool) and measurements (float32)."""
+    return {"counts": rng.integers(0, 20, size=(rows, 3)).astype(np.int64), "flags": rng.random((rows, 2)) > 0.5,
+            "values": rng.normal(0, 1, size=(rows, 4)).astype(np.float32)}
+
+
+def vectors(width: int) -> Callable[[np.random.Generator, int], np.ndarray]:
+    def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
+        return rng.normal(0, 1, size=(rows, width)).astype(np.float32)
+
+    return draw
+
+
 def features(**widths: int) -> Callable[[np.random.Generator, int], dict[str, np.ndarray]]:
     def draw(rng: np.random.Generator, rows: int) -> dict[str, np.ndarray]:
         return {name: rng.normal(0, 1, size=(rows, width)).astype(np.float32) for name, width in widths.items()}
@@ -156,6 +197,9 @@ def realistic(model: Any, draw: Callable[[np.random.Generator, int], Any], seed:
         if layer.beta is not None:
             layer.beta.assign(rng.normal(0, 0.1, size=layer.beta.shape).astype("float32"))
     batch = draw(np.random.default_rng(seed + 1), CALIBRATION_ROWS)
+    if not model.built:  # a keras.Model subclass is built (and its layers made) by its first call
+        model(batch, training=False)
+        norms = [layer for layer in _layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
     if norms:
         momenta = [layer.momentum for layer in norms]
         for layer in norms:
@@ -164,7 +208,7 @@ def realistic(model: Any, draw: Callable[[np.random.Generator, int], Any], seed:
         for layer, momentum in zip(norms, momenta):
             layer.momentum = momentum
     dense = [layer for layer in _layers(model) if isinstance(layer, keras.layers.Dense)]
-    if dense:
+    if dense and _functional(model):  # the head's input is reachable only in a graph of layers
         head = dense[-1]
         probe = keras.Model(model.inputs, head.input)
         feats = np.asarray(probe(batch), dtype=np.float64).reshape(CALIBRATION_ROWS, -1)
@@ -175,6 +219,13 @@ def realistic(model: Any, draw: Callable[[np.random.Generator, int], Any], seed:
         if head.bias is not None:
             head.bias.assign((-(feats.mean(0) @ kernel) + rng.normal(0, 0.5, size=head.bias.shape)).astype(head.bias.dtype))
     return model
+
+
+def _functional(model: Any) -> bool:
+    try:
+        return bool(model.inputs)
+    except AttributeError:
+        return False
 
 
 def _layers(model: Any) -> Iterator[Any]:
@@ -322,6 +373,115 @@ def _mixed_precision() -> Any:
         keras.mixed_precision.set_global_policy(previous)
 
 
+def _mixed_bfloat16() -> Any:
+    import keras
+    from keras import layers
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        inputs = keras.Input((12, 6), name="series")
+        x = layers.Conv1D(16, 3, activation="relu")(inputs)
+        x = layers.GlobalAveragePooling1D()(x)
+        x = layers.Dense(8, activation="relu")(x)
+        return keras.Model(inputs, layers.Dense(3, dtype="float32", name="scores")(x))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _masked_lstm() -> Any:
+    """Variable-length sequences (time dim None) with zero padding masked away."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((None, 5), name="steps")
+    x = layers.Masking(mask_value=0.0)(inputs)
+    x = layers.LSTM(12)(x)
+    return keras.Model(inputs, layers.Dense(3, name="forecast")(x))
+
+
+def _time_distributed() -> Any:
+    """A per-step head over a GRU's sequence output: the output is a sequence too."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((10, 4), name="series")
+    x = layers.Conv1D(8, 3, padding="same", activation="relu")(inputs)
+    x = layers.GRU(8, return_sequences=True)(x)
+    return keras.Model(inputs, layers.TimeDistributed(layers.Dense(2), name="per_step")(x))
+
+
+def _masked_embedding() -> Any:
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((12,), dtype="int32", name="tokens")
+    x = layers.Embedding(300, 16, mask_zero=True)(inputs)
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(4, activation="softmax", name="label")(x))
+
+
+def _mixed_dtypes() -> Any:
+    import keras
+    from keras import layers, ops
+
+    counts = keras.Input((3,), dtype="int64", name="counts")
+    flags = keras.Input((2,), dtype="bool", name="flags")
+    values = keras.Input((4,), name="values")
+    x = layers.Concatenate()([ops.log1p(ops.cast(counts, "float32")), ops.cast(flags, "float32"), values])
+    x = layers.Dense(8, activation="relu")(x)
+    return keras.Model({"counts": counts, "flags": flags, "values": values}, layers.Dense(2, name="score")(x))
+
+
+def _fully_convolutional() -> Any:
+    """No fixed image size (height and width None): any size is served."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((None, None, 3), name="image")
+    x = layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = layers.GlobalMaxPooling2D()(x)
+    return keras.Model(inputs, layers.Dense(5, name="logits")(x))
+
+
+def _two_heads_one_unused_input() -> Any:
+    """Logits and a sigmoid head side by side, plus an input the outputs do not use."""
+    import keras
+    from keras import layers
+
+    used, unused = keras.Input((6,), name="used"), keras.Input((2,), name="unused")
+    x = layers.Dense(8, activation="relu")(used)
+    return keras.Model([used, unused], [layers.Dense(3, name="logits")(x), layers.Dense(1, activation="sigmoid", name="prob")(x)])
+
+
+def _sequential_mlp() -> Any:
+    import keras
+    from keras import layers
+
+    return keras.Sequential([keras.Input((10,)), layers.Dense(16, activation="relu"), layers.Dropout(0.3),
+                             layers.Dense(3, activation="softmax")], name="mlp")
+
+
+def _subclassed() -> Any:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from zoo_objects import ZooSubclassed
+
+    return ZooSubclassed()
+
+
+def _tf_keras_lstm() -> Any:
+    import tf_keras
+    from tf_keras import layers
+
+    model = tf_keras.Sequential([tf_keras.Input((12, 6)), layers.LSTM(8), layers.Dense(3)])
+    rng = np.random.default_rng(SEED)
+    for weight in model.weights:
+        weight.assign(rng.normal(0, 0.4, size=weight.shape).astype("float32"))
+    return model
+
+
 def _custom(registered: bool) -> Callable[[], Any]:
     def build() -> Any:
         import keras
@@ -392,6 +552,18 @@ ZOO: tuple[Entry, ...] = (
     Entry("multi-io-named", "multi-io", "savedmodel", _multi_io, features(left=6, right=4)),
     Entry("preprocessing-inside", "preprocessing", "keras", _preprocessing_inside, lambda rng, n: _photos(rng, n, 24)),
     Entry("mixed_float16", "mixed-precision", "keras", _mixed_precision, pixels(16, "tf")),
+    Entry("mixed_bfloat16", "mixed-precision", "keras", _mixed_bfloat16, sequences(12, 6)),
+    # variable lengths, masks, sequence outputs, dtypes, free image sizes, several heads, subclasses
+    Entry("Masking-LSTM-variable-length", "rnn", "keras", _masked_lstm, padded_sequences(9, 5)),
+    Entry("Conv1D-GRU-TimeDistributed", "rnn", "h5", _time_distributed, sequences(10, 4)),
+    Entry("Embedding-mask_zero-GAP1D", "text", "keras", _masked_embedding, padded_tokens(12, 300)),
+    Entry("int64-bool-float32-inputs", "dtypes", "keras", _mixed_dtypes, mixed_dtypes),
+    Entry("int64-bool-float32-inputs", "dtypes", "savedmodel", _mixed_dtypes, mixed_dtypes),
+    Entry("fully-convolutional-None-HxW", "formats", "keras", _fully_convolutional, pixels(20, "tf")),
+    Entry("logits-and-sigmoid-unused-input", "multi-io", "keras", _two_heads_one_unused_input, features(used=6, unused=2)),
+    Entry("Sequential-MLP", "formats", "h5", _sequential_mlp, vectors(10)),
+    Entry("subclassed-model", "custom", "keras", _subclassed, pixels(12, "tf"), needs="custom-objects"),
+    Entry("LSTM-tf_keras", "formats", "tf_keras_h5", _tf_keras_lstm, sequences(12, 6)),
     # formats of one small CNN
     Entry("small-cnn", "formats", "keras", _small_cnn, pixels(16, "tf")),
     Entry("small-cnn", "formats", "h5", _small_cnn, pixels(16, "tf")),
@@ -414,6 +586,8 @@ ZOO: tuple[Entry, ...] = (
     Entry("Xception", "applications", "keras", _app("Xception", 71), pixels(71, "tf"), heavy=True),
     Entry("InceptionV3", "applications", "savedmodel", _app("InceptionV3", 75), pixels(75, "tf"), heavy=True),
     Entry("VGG16", "applications", "keras", _app("VGG16", 32), pixels(32, "caffe"), heavy=True),
+    Entry("MobileNetV3Large", "applications", "keras", _app("MobileNetV3Large", 32), pixels(32, "raw"), heavy=True),
+    Entry("ResNet50V2", "applications", "h5", _app("ResNet50V2", 32), pixels(32, "tf"), heavy=True),
 )
 
 
@@ -440,7 +614,12 @@ def build(entry: Entry, out_dir: Path) -> Built:
         realistic(model, entry.draw)
     inputs = entry.draw(np.random.default_rng(SEED + 2), ROWS)
     raw = model(inputs, training=False) if entry.fmt != "tf_keras_h5" else model(inputs)
-    reference = {k: np.asarray(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {"": np.asarray(raw)}
+    if isinstance(raw, Mapping):
+        reference = {k: np.asarray(v) for k, v in raw.items()}
+    elif isinstance(raw, (list, tuple)):  # several outputs as a list: by the Keras output names kvd serves them under
+        reference = {name: np.asarray(v) for name, v in zip(model.output_names, raw)}
+    else:
+        reference = {"": np.asarray(raw)}
     stem = out_dir / entry_id(entry).replace("-", "_").replace(".", "_")
     if entry.fmt == "keras":
         path = stem.with_suffix(".keras")

@@ -21,9 +21,25 @@ class ZooScale(keras.layers.Layer):
         return keras.ops.tanh(inputs * self.scale + self.shift)
 
 
+@keras.saving.register_keras_serializable(package="zoo")
+class ZooSubclassed(keras.Model):
+    """A keras.Model subclass with no Input: its input shape is known only from being called before saving."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(8, 3, activation="relu")
+        self.norm = keras.layers.BatchNormalization()
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(4, activation="softmax")
+
+    def call(self, image, training=False):
+        return self.head(self.pool(self.norm(self.conv(image), training=training)))
+
+
 def kvserve_register_keras_objects(register) -> None:
     """The custom-objects hook: what a server-side module exposes so kvd can load models that use it."""
     register(ZooScale)
+    register(ZooSubclassed)
 
 
-CUSTOM_OBJECTS = {"zoo>ZooScale": ZooScale}
+CUSTOM_OBJECTS = {"zoo>ZooScale": ZooScale, "zoo>ZooSubclassed": ZooSubclassed}

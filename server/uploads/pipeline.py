@@ -332,6 +332,7 @@ class UploadPipeline:
             "converter": result["converter"],
             "parity": result["parity"],
             "conversion_error": result.get("conversion_error"),
+            "openvino_parity": result.get("openvino_parity"),  # a TF fallback's last failed IR check (parity is TF's)
             "preprocess": result["preprocess"],
             "labels": None,
             "quantization": result.get("quantization"),
