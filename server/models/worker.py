@@ -260,10 +260,7 @@ class WorkerRunner:
             deaths = len(self._deaths)
             cause = _cause(code)
             if deaths > MAX_DEATHS:
-                self._state = FAILED
-                self._why = (f"model {self.model}'s {self.backend} worker exited ({cause}) {deaths} times in "
-                             f"{DEATH_WINDOW_S:.0f} s{_memory_hint(self.memory_bytes)}; not restarted again: load the model "
-                             f"again (kvctl load {self.model}) once its cause is fixed")
+                self._state, self._why = FAILED, self._given_up(cause, deaths)
             else:
                 self._state = RESTARTING
                 self._why = f"model {self.model}'s {self.backend} worker exited ({cause}); restarting"
@@ -291,8 +288,7 @@ class WorkerRunner:
                 self._deaths.append(time.monotonic())
                 if len(self._deaths) > MAX_DEATHS:
                     self._state = FAILED
-                    self._why = (f"model {self.model}'s {self.backend} worker exited ({cause}) and could not be restarted: "
-                                 f"{str(error).splitlines()[0] if str(error) else type(error).__name__}")
+                    self._why = self._given_up(cause, len(self._deaths), str(error).splitlines()[0] if str(error) else type(error).__name__)
                 state, why = self._state, self._why
             if state == FAILED:
                 self._tell(FAILED, why)
@@ -312,6 +308,11 @@ class WorkerRunner:
         self._begin(worker)
         log.info("model %s: %s", self.model, self._why)
         self._tell(READY, self._why)
+
+    def _given_up(self, cause: str, deaths: int, last: str = "") -> str:
+        return (f"model {self.model}'s {self.backend} worker exited ({cause}) {deaths} times in {DEATH_WINDOW_S:.0f} s"
+                f"{_memory_hint(self.memory_bytes)}{f' (last restart: {last})' if last else ''}; not restarted again: "
+                f"load the model again (kvctl load {self.model}) once its cause is fixed")
 
     def _tell(self, state: str, why: str) -> None:
         for listener in list(self._listeners):
