@@ -113,9 +113,12 @@ def lgamma_savedmodel(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     return archive, x, np.asarray(model(x, training=False))
 
 
-def test_unconvertible_custom_layer_falls_back_to_tf(served_digits, lgamma_savedmodel):
+def test_unconvertible_custom_layer_falls_back_to_tf(kvd_factory, lgamma_savedmodel):
+    """A SavedModel only TF can serve runs its graph as stored: served with the opt-in (tests/test_isolation.py
+    checks the refusal without it)."""
     archive, x, expected = lgamma_savedmodel
-    with served_digits.client() as client:
+    kvd = kvd_factory(None, "--allow-unsafe-deserialization")
+    with kvd.client() as client:
         manifest = client.upload(archive, name="lgamma")
         assert manifest["ir"] is None and manifest["parity"] is None
         assert "Lgamma" in manifest["conversion_error"]

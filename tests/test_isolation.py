@@ -53,15 +53,30 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict:
     lgamma = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="scores")(LogGamma()(inputs)))
     lgamma.export(str(out / "lgamma_model"), verbose=False)
     archive = Path(shutil.make_archive(str(out / "lgamma_model"), "zip", root_dir=out, base_dir="lgamma_model"))
+    target = out / "written-by-the-graph"
+
+    class WriteWhenLarge(keras.layers.Layer):  # a graph with a WriteFile op, run only for inputs summing over 1000
+        def call(self, x):
+            def write():
+                tf.io.write_file(str(target), tf.strings.as_string(tf.reduce_sum(x)))
+                return tf.constant(0)
+
+            tf.cond(tf.reduce_sum(x) > 1000.0, write, lambda: tf.constant(0))
+            return x * 2.0
+
+    inputs = keras.Input((6,), name="features")
+    keras.Model(inputs, WriteWhenLarge(name="doubled")(inputs)).export(str(out / "writer_model"), verbose=False)
+    writer = Path(shutil.make_archive(str(out / "writer_model"), "zip", root_dir=out, base_dir="writer_model"))
     x = np.random.default_rng(1).random((64, 6), dtype=np.float32)
-    return {"dense": out / "dense.keras", "words": out / "words.keras", "lgamma": archive, "x": x,
+    return {"dense": out / "dense.keras", "words": out / "words.keras", "lgamma": archive, "x": x, "writer": writer, "target": target,
             "dense_expected": np.asarray(dense(x, training=False)), "lgamma_expected": np.asarray(lgamma(x, training=False))}
 
 
 @pytest.fixture(scope="module")
 def iso_kvd(tmp_path_factory: pytest.TempPathFactory, models: dict) -> Kvd:
     """kvd with the opt-in and a child memory limit, serving: 'tf' (dense on TF), 'cpu' (dense on OpenVINO),
-    'words' (strings out, TF), 'lgamma' (a SavedModel only TF serves), 'doomed' (dense on TF, to be killed)."""
+    'words' (strings out, TF), 'lgamma' (a SavedModel only TF serves), 'doomed' (dense on TF, to be killed),
+    'writer' (a SavedModel whose graph writes a file outside its worker's temp directory, on TF)."""
     kvd = start_kvd(tmp_path_factory.mktemp("isolation") / "repo", "--allow-unsafe-deserialization",
                     "--child-memory-mb", str(CHILD_MEMORY_MB))
     try:
@@ -71,6 +86,7 @@ def iso_kvd(tmp_path_factory: pytest.TempPathFactory, models: dict) -> Kvd:
             assert client.upload(models["words"], name="words")["served_by"]["backend"] == "TF"
             assert client.upload(models["lgamma"], name="lgamma")["served_by"]["backend"] == "TF"
             assert client.upload(models["dense"], name="doomed", devices=["TF"])["served_by"]["backend"] == "TF"
+            assert client.upload(models["writer"], name="writer", devices=["TF"])["served_by"]["backend"] == "TF"
         yield kvd
     finally:
         kvd.kill()
@@ -233,6 +249,23 @@ def test_worker_that_keeps_dying_leaves_the_model_not_ready_with_the_reason(iso_
         assert answers(client, "tf", x), "other TF-served models keep serving"
         client.load("doomed")  # the operator's retry: a fresh worker
         assert client.model_ready("doomed") and answers(client, "doomed", x)
+
+
+def test_worker_cannot_write_outside_its_temp_directory(iso_kvd: Kvd, models: dict) -> None:
+    """Landlock (where the kernel has it): a graph's WriteFile outside the worker's private temp dir fails that call."""
+    if "filesystem confined: Landlock" not in iso_kvd.log():
+        pytest.skip("this kernel cannot confine the worker (Landlock unavailable): " +
+                    next((line for line in iso_kvd.log().splitlines() if "not confined" in line), "no reason logged"))
+    target = models["target"]
+    with iso_kvd.client() as client:
+        small = models["x"][:2]
+        np.testing.assert_allclose(client.infer("writer", small)["doubled"], small * 2)
+        target.unlink(missing_ok=True)  # the upload's parity run (converter child) may have written it
+        with pytest.raises(grpc.RpcError) as caught:
+            client.infer("writer", np.full((1, 6), 500.0, np.float32))
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+        assert not target.exists(), "the graph wrote outside its worker's temp directory"
+        np.testing.assert_allclose(client.infer("writer", small)["doubled"], small * 2)  # same worker, still serving
 
 
 def test_savedmodel_on_tf_needs_the_opt_in(iso_kvd: Kvd, models: dict, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -57,6 +58,7 @@ class _Worker:
     process: subprocess.Popen[bytes]
     channel: Channel
     log_path: Path
+    tmp: Path
 
 
 class WorkerRunner:
@@ -70,6 +72,7 @@ class WorkerRunner:
         self.memory_bytes = memory_bytes
         self.label = label
         self.execution_precision = ""
+        self.confined = ""  # how the worker's filesystem access is confined (Landlock), or why it is not
         self._request = request
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -199,16 +202,17 @@ class WorkerRunner:
         """Spawn a worker and have it load the model; raises what the load raised (the caller starts its reader)."""
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fd, name = tempfile.mkstemp(prefix=f"{LOG_PREFIX}worker-{os.getpid()}-", suffix=".log")
+        private_tmp = Path(tempfile.mkdtemp(prefix=f"{LOG_PREFIX}worker-{os.getpid()}-", suffix=".tmp"))
         try:
             with os.fdopen(fd, "wb") as stderr:
                 command = [sys.executable, "-m", "kvserve.server.models.worker_child", "--fd", str(child_end.fileno()),
-                           "--model", self.model, *(["--for", self.label] if self.label else [])]
+                           "--model", self.model, "--tmp", str(private_tmp), *(["--for", self.label] if self.label else [])]
                 process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
                                            pass_fds=(child_end.fileno(),), env=_child_env(self.memory_bytes),
                                            start_new_session=True)
         finally:
             child_end.close()
-        worker = _Worker(process, Channel(parent_end), Path(name))
+        worker = _Worker(process, Channel(parent_end), Path(name), private_tmp)
         try:
             parent_end.settimeout(LOAD_TIMEOUT_S)
             worker.channel.send({"op": "load", "id": 0, "backend": self.backend, "request": _request_dict(self._request)})
@@ -230,8 +234,10 @@ class WorkerRunner:
             threading.Thread(target=_reap, args=(worker,), name="kvd-worker-reap", daemon=True).start()
             error = self._error(header)
             raise error if isinstance(error, KvError) else RuntimeError(str(header.get("message", "")))
-        self.execution_precision = str((header.get("info") or {}).get("execution_precision", ""))
-        log.info("model %s: %s worker started (pid %d)", self.model, self.backend, process.pid)
+        info = header.get("info") or {}
+        self.execution_precision = str(info.get("execution_precision", ""))
+        self.confined = str(info.get("confined", ""))
+        log.info("model %s: %s worker started (pid %d; %s)", self.model, self.backend, process.pid, self.confined)
         return worker
 
     def _begin(self, worker: _Worker) -> None:
@@ -369,3 +375,4 @@ def _discard_later(worker: _Worker) -> None:
 def _discard(worker: _Worker) -> None:
     worker.channel.close()
     worker.log_path.unlink(missing_ok=True)
+    shutil.rmtree(worker.tmp, ignore_errors=True)

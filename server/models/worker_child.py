@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import sys
+import tempfile
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ import numpy as np
 from kvserve.server.models.worker_wire import Channel, Closed, TooBig
 
 THREADS = 4  # calls run at once (kvd's admission queue gives the runner this many slots)
+CONFINE_ENV = "KVSERVE_WORKER_LANDLOCK"  # "off": no filesystem confinement (a model that needs more of the disk)
 
 log = logging.getLogger("kvserve.worker")
 
@@ -64,17 +66,37 @@ def classify(error: BaseException) -> tuple[str, str]:
     return "internal", f"{type(error).__name__}: {text}"
 
 
-def serve(channel: Channel) -> int:
+def confine_to(model_dir: Path, private_tmp: str) -> str:
+    """Landlock the process before the framework is imported (kvserve.server.models.confine); where the kernel
+    cannot, say why and go on: the process boundary and the memory limit still hold."""
+    if private_tmp:
+        os.environ["TMPDIR"] = private_tmp
+        tempfile.tempdir = None
+    if os.environ.get(CONFINE_ENV, "").strip().lower() in ("0", "off", "no", "false"):
+        return f"filesystem not confined ({CONFINE_ENV}=off)"
+    if not private_tmp:
+        return "filesystem not confined (no private temp directory)"
+    from kvserve.server.models.confine import confine
+
+    try:
+        return "filesystem confined: " + confine(model_dir, Path(private_tmp))
+    except OSError as error:
+        return f"filesystem not confined: {error.strerror or error}"
+
+
+def serve(channel: Channel, private_tmp: str = "") -> int:
     header, _ = channel.receive()
     if header.get("op") != "load":
         return 2
+    confined = confine_to(Path(header["request"]["model_dir"]), private_tmp)
+    log.info("%s", confined)
     try:
         runner = build_runner(header)
     except BaseException as error:  # noqa: BLE001 - every load failure is answered, then we exit
         kind, message = classify(error)
         channel.send({"id": 0, "ok": False, "kind": kind, "message": message})
         return 0
-    info = {"execution_precision": str(getattr(runner, "execution_precision", "") or "")}
+    info = {"execution_precision": str(getattr(runner, "execution_precision", "") or ""), "confined": confined}
     channel.send({"id": 0, "ok": True, "info": info, "pid": os.getpid()})
     pool = ThreadPoolExecutor(THREADS, thread_name_prefix="infer")
 
@@ -115,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="kvd's worker for one model version (started by kvd)")
     parser.add_argument("--fd", type=int, required=True, help="the socket kvd passed")
     parser.add_argument("--model", default="", help="the model served (shown by ps)")
+    parser.add_argument("--tmp", default="", help="the worker's private temp directory (the only place it may write)")
     parser.add_argument("--for", dest="label", default="", help="the repository of the kvd that started it (shown by ps)")
     args = parser.parse_args(argv)
     from kvserve.server.uploads.child import _exit_with_parent, limit_self
@@ -125,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     channel = Channel(socket.socket(fileno=args.fd))
     try:
-        code = serve(channel)
+        code = serve(channel, args.tmp)
     except Closed:
         code = 0
     sys.stderr.flush()
