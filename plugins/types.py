@@ -121,7 +121,17 @@ class LoadRequest:
 
 @runtime_checkable
 class Backend(Protocol):
-    """A device that serves models: ``CPU``, ``GPU``, ``TF`` ... ``load`` returns a Runner."""
+    """A device that serves models: ``CPU``, ``GPU``, ``TF`` ... ``load`` returns a Runner.
+
+    Optional members kvd looks for:
+
+    - ``isolated = True``: the backend runs untrusted model code (a framework executing the original model), so
+      kvd calls ``load`` in a worker child process per model version (``kvserve.server.models.worker``), never
+      in the daemon: a crash, OOM or file op there costs that model only. The child finds the backend by
+      ``name`` through the plugin manager, so the plugin must register it the same way in every process.
+    - ``admit(request) -> None``: cheap checks run in kvd before loading (before a worker is started); raise
+      ``UnsafeModel`` / ``ModelRejected`` to refuse with a one-line reason.
+    """
 
     name: str
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kvserve.plugins.hookspecs import hookimpl
-from kvserve.plugins.types import Availability, LoadRequest, TensorSpec
+from kvserve.plugins.types import Availability, LoadRequest, TensorSpec, UnsafeModel
 
 SOURCE_FORMATS = ("keras-h5", "keras-v3", "savedmodel")
 
@@ -92,9 +92,25 @@ def _tf_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-/]", "_", name) or "input"
 
 
+SAVEDMODEL_OPT_IN = ("a SavedModel served by TensorFlow runs its graph as stored, and a graph may read and write files "
+                     "(ReadFile/WriteFile ops): kvd serves one with TF only when started with --allow-unsafe-deserialization "
+                     "(a SavedModel OpenVINO converts is served without it)")
+
+
+def unsafe_reason(manifest: Mapping[str, Any], allow_unsafe: bool) -> str | None:
+    """Why TF must not serve this model without the opt-in (None: it may)."""
+    if allow_unsafe or (manifest.get("source") or {}).get("format") != "savedmodel":
+        return None
+    return SAVEDMODEL_OPT_IN
+
+
 class TensorFlowBackend:
+    """Serves the original model with TensorFlow, in a worker child (``isolated``): kvd never imports TF, and
+    a crash, OOM or file op in the model costs that model only."""
+
     name = "TF"
     precisions = ("fp32",)
+    isolated = True
 
     def properties(self) -> dict[str, str]:
         return {"intra_op_threads": "TF default", "inter_op_threads": "TF default"}
@@ -109,7 +125,14 @@ class TensorFlowBackend:
             return f"TF serves {', '.join(SOURCE_FORMATS)} uploads only"
         return None
 
+    def admit(self, request: LoadRequest) -> None:
+        """Checked by kvd before a worker is started: a SavedModel needs the unsafe-deserialization opt-in."""
+        reason = unsafe_reason(request.manifest, request.allow_unsafe_deserialization)
+        if reason:
+            raise UnsafeModel(reason)
+
     def load(self, request: LoadRequest) -> TensorFlowRunner:
+        self.admit(request)
         return load_tensorflow_runner(request.model_dir, request.manifest, request.inputs, request.outputs,
                                       request.allow_unsafe_deserialization)
 

@@ -29,6 +29,7 @@ from kvserve.server.errors import FailedPrecondition, NotFound, Unavailable
 from kvserve.server.models.config import Batching, ModelSettings, ServerConfig
 from kvserve.server.models.repository import Damaged, Repository, is_name, parse_version
 from kvserve.server.models.warmup import warm_up
+from kvserve.server.models.worker import WorkerRunner
 from kvserve.server.settings import Settings
 
 log = logging.getLogger("kvserve.server.models.manager")
@@ -118,10 +119,14 @@ class ModelManager:
             if cannot:
                 skipped.append(f"{device} cannot serve it: {cannot}")
                 continue
+            request = LoadRequest(model_dir, manifest, inputs, outputs, cache_dir, config=self.runtime_config(manifest),
+                                  allow_unsafe_deserialization=self.settings.allow_unsafe_deserialization)
+            refused = safe.refusal(backend, request)
+            if refused:
+                skipped.append(f"{device} refused it: {refused}")
+                continue
             try:
-                runner = backend.load(LoadRequest(model_dir, manifest, inputs, outputs, cache_dir,
-                                                  config=self.runtime_config(manifest),
-                                                  allow_unsafe_deserialization=self.settings.allow_unsafe_deserialization))
+                runner = self._load_on(backend, request)
             except Exception as error:  # noqa: BLE001 - try the next device, keep the reason
                 log.warning("loading %s on %s failed: %s", model_dir, device, error)
                 skipped.append(f"{device} failed to load it: {error_line(error)}")
@@ -139,6 +144,13 @@ class ModelManager:
             warmed = [f"warmed up with {done} inferences"] if done else []
             return runner, device, "; ".join(skipped + [served] + warmed)
         raise FailedPrecondition("no device could serve the model: " + "; ".join(skipped) + f" (preference: {','.join(preference)})")
+
+    def _load_on(self, backend: Any, request: LoadRequest) -> Runner:
+        """The backend's runner: in this process, or in a worker child when the backend runs untrusted model
+        code (``isolated``: TF), so that code never runs inside kvd."""
+        if getattr(backend, "isolated", False):
+            return WorkerRunner(backend.name, request, self.settings.child_memory_bytes, label=str(self.repository.root))
+        return backend.load(request)
 
     def runtime_config(self, manifest: Mapping[str, Any]) -> dict[str, str]:
         """Device properties for one model: its own performance hint, else kvd's --performance-hint, else none
@@ -332,6 +344,7 @@ class ModelManager:
     # --- install, load, unload ----------------------------------------------------------------------
     def install(self, entry: ModelVersion, unload_older: bool = True) -> None:
         """Make a loaded version visible; with ``unload_older`` the versions the policy no longer wants are released."""
+        self._watch_worker(entry)
         with self._lock:
             versions = self._models.setdefault(entry.name, {})
             old = versions.get(entry.version)
@@ -342,6 +355,28 @@ class ModelManager:
         if unload_older and entry.state == READY:
             self.sync(entry.name)
         self._notify(entry.name)
+
+    def _watch_worker(self, entry: ModelVersion) -> None:
+        """A version served by a worker child follows its worker: not ready (with the reason) while it restarts
+        or after it kept dying, ready again once restarted. Restarts load from the version's published folder."""
+        runner = entry.runner
+        if not isinstance(runner, WorkerRunner) or entry.state != READY:
+            return
+        runner.relocate(self.repository.version_dir(entry.name, entry.version),
+                        self.repository.version_cache(entry.name, entry.version))
+        base = entry.reason
+
+        def changed(state: str, why: str) -> None:
+            with self._lock:
+                if entry.retired or self._models.get(entry.name, {}).get(entry.version) is not entry:
+                    return
+                if state == "ready":
+                    entry.state, entry.reason = READY, f"{base}; {why}"
+                else:
+                    entry.state, entry.reason = (LOADING if state == "restarting" else UNAVAILABLE), why
+            self._notify(entry.name)
+
+        runner.watch(changed)
 
     def load(self, name: str, version: int | None = None, devices: list[str] | None = None, reload: bool = False) -> ModelVersion:
         """Load (or reload) one version from the repository; the default one when ``version`` is None.
@@ -504,6 +539,8 @@ class ModelManager:
             raise NotFound(f"model '{name}' has no version {number}; versions: {', '.join(map(str, stored))}")
         if entry is not None and entry.unloaded:
             raise Unavailable(f"model '{name}' version {number} is {entry.reason}")
+        if entry is not None and entry.runner is not None and not entry.retired:  # its worker restarts, or gave up
+            raise Unavailable(f"model '{name}' version {number} is not ready: {entry.reason}")
         on_demand = number not in self.wanted(name, stored)
         if on_demand and self.config.on_demand_versions == 0:
             raise Unavailable(f"model '{name}' version {number} is outside its version policy "

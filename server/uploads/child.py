@@ -134,13 +134,18 @@ LOG_PREFIX = "kvserve-"
 
 
 def remove_orphan_logs() -> list[str]:
-    """Child logs (in the temp dir until a job claims them) left by a kvd that was killed: its pid is gone."""
+    """Child logs (in the temp dir until a job claims them) and model workers' private temp directories left by a
+    kvd that was killed: its pid is gone."""
     removed = []
-    for path in Path(tempfile.gettempdir()).glob(f"{LOG_PREFIX}*-*-*.log"):
-        pid_text = path.name[:-len(".log")].split("-")[2]
+    folder = Path(tempfile.gettempdir())
+    for path in [*folder.glob(f"{LOG_PREFIX}*-*-*.log"), *folder.glob(f"{LOG_PREFIX}worker-*-*.tmp")]:
+        pid_text = path.name.rsplit(".", 1)[0].split("-")[2]
         if not pid_text.isdigit() or _alive(int(pid_text)):
             continue
-        path.unlink(missing_ok=True)
+        if path.is_dir():  # a model worker's private temp directory
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed.append(path.name)
     return removed
 

@@ -90,6 +90,10 @@ def run(job: dict[str, Any], channel: TextIO) -> dict[str, Any]:
     except ConversionFailed as error:
         if not job.get("fallback_allowed"):
             raise
+        if fmt == "savedmodel" and not job["allow_unsafe"]:  # its graph would run as stored, file ops and all
+            from kvserve.plugins.backends.tensorflow_fallback import SAVEDMODEL_OPT_IN
+
+            raise UnsafeModel(f"{error}; {SAVEDMODEL_OPT_IN}") from None
         emit(channel, {"stage": "converting", "message": f"{error}; falling back to the TF backend"})
         tf_parity, warnings = _tf_parity(job, channel, model, preprocess)
         return {**signature, "ir": None, "conversion_error": str(error), "parity": tf_parity,
