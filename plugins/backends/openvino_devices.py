@@ -1,10 +1,10 @@
 """Built-in OpenVINO backends: ``CPU``, ``GPU`` and ``MYRIAD`` (served on ``NPU`` where OpenVINO has one).
 
 One compiled model per loaded version, with a pool of infer requests sized from the device's
-OPTIMAL_NUMBER_OF_INFER_REQUESTS: each call borrows a request, starts it asynchronously and gives it back when
-its completion callback fires, so concurrent calls keep every stream busy without a thread per call. Inputs are handed to
-OpenVINO with ``share_inputs``: writable arrays are used in place, read-only ones (views of the received gRPC
-bytes) are copied once into the request's input tensor, the one copy a request costs on its way in.
+OPTIMAL_NUMBER_OF_INFER_REQUESTS: each call borrows a request, runs it (on the event loop when it is cheaper than
+the trip through OpenVINO's threads, else started asynchronously and awaited through its completion callback) and
+gives it back, so concurrent calls keep every stream busy without a thread per call. Inputs are copied once into
+the request's own tensors (received buffers are read-only: OpenVINO would copy them anyway), outputs once out.
 """
 
 from __future__ import annotations
