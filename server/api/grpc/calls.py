@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import grpc
 
+from kvserve.proto.wire import InferRequestView
 from kvserve.server.api.grpc.interceptors import rewrap, status_of
 from kvserve.server.api.grpc.lenient import OWN_CODEC, lenient_behaviour, lenient_deserializer
 from kvserve.server.ops import metrics
@@ -49,6 +50,14 @@ def _describe(method: str, request: Any, known_model: Callable[[str], bool]) -> 
 
 
 def _fill(record: CallRecord, request: Any, known_model: Callable[[str], bool]) -> CallRecord:
+    if type(request) is InferRequestView:  # ModelInfer, every call: its three fields, no probing
+        name = request.model_name
+        if name and known_model(name):
+            record.model = name
+            version = request.model_version
+            record.version = version if version.isdigit() else ""
+        record.request_id = request.id
+        return record
     spec = getattr(request, "model_spec", None)  # TF Serving requests name the model in a ModelSpec
     name = getattr(request, "model_name", None) or getattr(request, "name", None) or getattr(spec, "name", None)
     if isinstance(name, str) and known_model(name):
