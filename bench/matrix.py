@@ -5,7 +5,8 @@
 enters this process. For each model one kvd serves the uploaded IR; in-process OpenVINO runs the same IR with
 an AsyncInferQueue of its optimal number of requests (batch 1). Every served slice is preceded by an
 in-process slice (alternating, so load from elsewhere hits both alike); kvd's CPU seconds are read from
-/proc during the served slices. ``--profile`` adds a cProfile of kvd's event-loop thread (an in-process kvd
+/proc during the served slices. For the digits CNN a third slice drives bench/floor.py, a bare grpc.aio server
+answering a fixed response: the per-call floor of any Python gRPC server on this machine. ``--profile`` adds a cProfile of kvd's event-loop thread (an in-process kvd
 serving the digits CNN), which is where all per-call Python runs. Writes bench/results/matrix.json.
 """
 
@@ -68,12 +69,33 @@ def percentile_ms(seconds: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds), q) * 1000)
 
 
-def measure(kvd: serving.Kvd, local: serving.InProcess, remote: serving.Served, slices: int, slice_s: float) -> list[dict[str, Any]]:
+class Floor:
+    """bench/floor.py in a child: grpc.aio answering ModelInfer with a fixed response (the per-call floor)."""
+
+    def __init__(self, workdir: Path, payload: bytes) -> None:
+        port_file = workdir / "floor.port"
+        port_file.unlink(missing_ok=True)
+        self.process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("floor.py")), str(port_file)])
+        deadline = time.monotonic() + 60
+        while not port_file.exists() or not port_file.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("bench/floor.py did not start")
+            time.sleep(0.02)
+        self.remote = serving.Served(f"127.0.0.1:{port_file.read_text().strip()}", payload)
+
+    def close(self) -> None:
+        self.remote.close()
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def measure(kvd: serving.Kvd, local: serving.InProcess, remote: serving.Served, slices: int, slice_s: float,
+            floor: Floor | None = None) -> list[dict[str, Any]]:
     rows = []
     for concurrency in CONCURRENCY:
-        done = {"local": [0, 0.0], "served": [0, 0.0]}
+        done = {"local": [0, 0.0], "served": [0, 0.0], "floor": [0, 0.0]}
         latencies: list[float] = []
-        cpu = 0.0
+        cpu = floor_cpu = 0.0
         for _ in range(slices):
             count, took = local.run_for(slice_s)
             done["local"][0] += count
@@ -84,12 +106,22 @@ def measure(kvd: serving.Kvd, local: serving.InProcess, remote: serving.Served, 
             done["served"][0] += count
             done["served"][1] += took
             latencies += spent
+            if floor is not None:
+                before = cpu_seconds(floor.process.pid)
+                count, took, _ = floor.remote.run_for(slice_s, concurrency)
+                floor_cpu += cpu_seconds(floor.process.pid) - before
+                done["floor"][0] += count
+                done["floor"][1] += took
         local_fps = done["local"][0] / done["local"][1]
         served_fps = done["served"][0] / done["served"][1]
         rows.append({"concurrency": concurrency, "in_process_fps": round(local_fps, 1), "served_fps": round(served_fps, 1),
                      "ratio": round(served_fps / local_fps, 3), "p50_ms": round(percentile_ms(latencies, 50), 3),
                      "p99_ms": round(percentile_ms(latencies, 99), 3),
-                     "kvd_cpu_s_per_1000": round(cpu / max(1, done["served"][0]) * 1000, 3)})
+                     "kvd_cpu_s_per_1000": round(cpu / max(1, done["served"][0]) * 1000, 3),
+                     "load_average": round(os.getloadavg()[0], 1)})
+        if floor is not None:
+            rows[-1]["floor_fps"] = round(done["floor"][0] / done["floor"][1], 1)
+            rows[-1]["floor_cpu_s_per_1000"] = round(floor_cpu / max(1, done["floor"][0]) * 1000, 3)
         serving.log(f"  c={concurrency}: {rows[-1]}")
     return rows
 
@@ -121,11 +153,16 @@ def run_model(label: str, source: Path, workdir: Path, slices: int, slice_s: flo
             remote = serving.Served(kvd.address, serving.infer_payload("m", feeds))
             result: dict[str, Any] = {"model": label, "nireq": local.nireq, "input": shape,
                                       "in_process_cpu_s_per_1000": in_process_cpu_per_1000(local, slice_s)}
-            serving.log(f"{label}: batching off")
-            result["off"] = measure(kvd, local, remote, slices, slice_s)
-            client.configure("m", max_batch=int(batching["max_batch"]), max_delay_ms=batching["max_delay_ms"])
-            serving.log(f"{label}: batching on ({batching})")
-            result["on"] = measure(kvd, local, remote, slices, slice_s)
+            floor = Floor(workdir, serving.infer_payload("m", feeds)) if label == "digits" else None
+            try:
+                serving.log(f"{label}: batching off" + (" (and the grpc.aio floor)" if floor else ""))
+                result["off"] = measure(kvd, local, remote, slices, slice_s, floor)
+                client.configure("m", max_batch=int(batching["max_batch"]), max_delay_ms=batching["max_delay_ms"])
+                serving.log(f"{label}: batching on ({batching})")
+                result["on"] = measure(kvd, local, remote, slices, slice_s)
+            finally:
+                if floor is not None:
+                    floor.close()
             remote.close()
             return result
     finally:
@@ -133,7 +170,8 @@ def run_model(label: str, source: Path, workdir: Path, slices: int, slice_s: flo
 
 
 def profile_loop(source: Path, workdir: Path, calls: int) -> str:
-    """cProfile of kvd's event-loop thread while it serves ``calls`` digits inferences from 4 client threads."""
+    """cProfile of kvd's event-loop thread while it serves ``calls`` digits inferences from 4 client threads (in a
+    child process)."""
     from kvserve.client import Client
     from kvserve.server.app import build, start
     from kvserve.server.settings import Settings
@@ -144,23 +182,21 @@ def profile_loop(source: Path, workdir: Path, calls: int) -> str:
         with Client(f"127.0.0.1:{daemon.port}", timeout=600) as client:
             manifest = client.upload(source, name="d")
         feeds = {manifest["inputs"][0]["name"]: np.zeros([1, *manifest["inputs"][0]["shape"][1:]], np.float32)}
-        remote = serving.Served(f"127.0.0.1:{daemon.port}", serving.infer_payload("d", feeds))
+        payload = serving.infer_payload("d", feeds)
         profiler = cProfile.Profile()
 
         async def toggle(on: bool) -> None:
             profiler.enable() if on else profiler.disable()
 
+        # The client runs in a child process: client threads in this process would hold the GIL the loop
+        # needs, and their waits would show up as the loop's (an earlier profile blamed start_async for them).
+        client = (f"import sys, threading; sys.path.insert(0, {str(Path(__file__).parent)!r}); import serving; "
+                  f"remote = serving.Served('127.0.0.1:{daemon.port}', bytes.fromhex({payload.hex()!r})); "
+                  f"threads = [threading.Thread(target=lambda: [remote.call() for _ in range({calls // 4})]) for _ in range(4)]; "
+                  "[t.start() for t in threads]; [t.join() for t in threads]")
         daemon.submit(toggle(True))
-        per_thread = calls // 4
-        import threading
-
-        threads = [threading.Thread(target=lambda: [remote.call() for _ in range(per_thread)]) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        subprocess.run([sys.executable, "-c", client], check=True)
         daemon.submit(toggle(False))
-        remote.close()
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
         stats.sort_stats("tottime").print_stats(18)

@@ -334,7 +334,7 @@ def _parity_line(parity: dict[str, Any] | None, conversion_error: str | None = N
 @preprocessing_options
 @click.option("--clear-labels", is_flag=True, help="remove the model's labels")
 @click.option("--max-batch", type=int, default=None, help="dynamic batching: largest batch of gathered requests (0 = off)")
-@click.option("--max-delay-ms", type=float, default=None, help="dynamic batching: longest a request waits for company, ms")
+@click.option("--max-delay-ms", type=float, default=None, help="dynamic batching: longest a request waits for company, ms (default 0: batch only what is already queued)")
 @click.option("--preferred-batch", "preferred", type=int, multiple=True, help="dynamic batching: a batch size to send at once (repeatable)")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj

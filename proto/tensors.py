@@ -64,14 +64,23 @@ class TensorError(ValueError):
         super().__init__(bounded(str(message)), *args)
 
 
+_DATATYPE_OF: dict[np.dtype, str] = {}  # numpy dtype -> v2 name, filled as dtypes are met (a per-call lookup)
+
+
 def datatype_of(array: np.ndarray) -> str:
     """The v2 datatype name for a numpy array."""
+    found = _DATATYPE_OF.get(array.dtype)
+    if found is not None:
+        return found
     if array.dtype.kind in "OSU":
-        return "BYTES"
-    for name, dtype in DATATYPES.items():
-        if name != "BYTES" and array.dtype.newbyteorder("<") == dtype:
-            return name
-    raise TensorError(f"numpy dtype {array.dtype} has no v2 protocol datatype")
+        found = "BYTES"
+    else:
+        little = array.dtype.newbyteorder("<")
+        found = next((name for name, dtype in DATATYPES.items() if name != "BYTES" and little == dtype), "")
+    if not found:
+        raise TensorError(f"numpy dtype {array.dtype} has no v2 protocol datatype")
+    _DATATYPE_OF[array.dtype] = found
+    return found
 
 
 def element_count(shape: Sequence[int]) -> int:
@@ -83,20 +92,19 @@ def element_count(shape: Sequence[int]) -> int:
 
 def _check_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
     """The declared shape, refused before any allocation when numpy could not hold it (even an empty one)."""
-    name = short(name)
     if len(shape) > MAX_RANK:
-        raise TensorError(f"input '{name}': shape has {len(shape)} dimensions, at most {MAX_RANK} are accepted")
-    shown = short(list(shape), 120)
-    if any(int(d) < 0 for d in shape):
-        raise TensorError(f"input '{name}': shape {shown} has a negative dimension; send the concrete shape")
-    if any(int(d) > MAX_DIM for d in shape):
-        raise TensorError(f"input '{name}': shape {shown} has a dimension above {MAX_DIM}; send the real shape")
+        raise TensorError(f"input '{short(name)}': shape has {len(shape)} dimensions, at most {MAX_RANK} are accepted")
+    dims = tuple(int(d) for d in shape)
+    if min(dims, default=0) < 0:
+        raise TensorError(f"input '{short(name)}': shape {short(list(dims), 120)} has a negative dimension; send the concrete shape")
+    if max(dims, default=0) > MAX_DIM:
+        raise TensorError(f"input '{short(name)}': shape {short(list(dims), 120)} has a dimension above {MAX_DIM}; send the real shape")
     nonzero = 1
-    for dim in shape:
-        nonzero *= max(int(dim), 1)
+    for dim in dims:
+        nonzero *= max(dim, 1)
     if nonzero > MAX_ELEMENTS:
-        raise TensorError(f"input '{name}': shape {shown} is too large to describe any tensor; send the real shape")
-    return tuple(int(d) for d in shape)
+        raise TensorError(f"input '{short(name)}': shape {short(list(dims), 120)} is too large to describe any tensor; send the real shape")
+    return dims
 
 
 def deserialize_bytes(name: str, raw: bytes, count: int) -> np.ndarray:

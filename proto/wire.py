@@ -70,6 +70,14 @@ class InferRequestView:
         self._message = message
         self.raw_input_contents = raw
 
+    # The fields every call reads, as properties: each ``__getattr__`` fallback costs a failed lookup first.
+    model_name = property(lambda self: self._message.model_name)
+    model_version = property(lambda self: self._message.model_version)
+    id = property(lambda self: self._message.id)
+    inputs = property(lambda self: self._message.inputs)
+    outputs = property(lambda self: self._message.outputs)
+    parameters = property(lambda self: self._message.parameters)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._message, name)
 
@@ -123,6 +131,9 @@ class InferResponseView:
     def __init__(self, message: pb.ModelInferResponse) -> None:
         self._message = message
         self.raw_output_contents: list[Any] = []
+
+    model_version = property(lambda self: self._message.model_version)
+    outputs = property(lambda self: self._message.outputs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._message, name)

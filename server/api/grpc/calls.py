@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import grpc
 
+from kvserve.proto.wire import InferRequestView
 from kvserve.server.api.grpc.interceptors import rewrap, status_of
 from kvserve.server.api.grpc.lenient import OWN_CODEC, lenient_behaviour, lenient_deserializer
 from kvserve.server.ops import metrics
@@ -49,6 +50,14 @@ def _describe(method: str, request: Any, known_model: Callable[[str], bool]) -> 
 
 
 def _fill(record: CallRecord, request: Any, known_model: Callable[[str], bool]) -> CallRecord:
+    if type(request) is InferRequestView:  # ModelInfer, every call: its three fields, no probing
+        name = request.model_name
+        if name and known_model(name):
+            record.model = name
+            version = request.model_version
+            record.version = version if version.isdigit() else ""
+        record.request_id = request.id
+        return record
     spec = getattr(request, "model_spec", None)  # TF Serving requests name the model in a ModelSpec
     name = getattr(request, "model_name", None) or getattr(request, "name", None) or getattr(spec, "name", None)
     if isinstance(name, str) and known_model(name):
@@ -65,6 +74,17 @@ def _fill(record: CallRecord, request: Any, known_model: Callable[[str], bool]) 
 Refusal = tuple[grpc.StatusCode, str]
 
 
+@dataclass
+class _Call:
+    """One call between ``_begin`` and ``_end``."""
+
+    __slots__ = ("record", "started", "in_flight", "counted")
+    record: CallRecord
+    started: float
+    in_flight: Any
+    counted: bool
+
+
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """The one interceptor: per call it refuses (bad token, draining) before decoding the request, counts the
     call in flight for the drain, maps exceptions to statuses, and measures it (metrics; a log line per call
@@ -76,6 +96,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self.lifecycle = lifecycle
         self.tokens = tokens
         self.access_log = access_log
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Callable[..., Any], handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
@@ -90,8 +111,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             refusal = (grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE)
         if refusal is not None:
             return rewrap(handler, self._refuse(method, refusal), request_deserializer=_raw)
+        wrapped = self._wrapped.get(method)
+        if wrapped is None or wrapped[0] is not handler:  # built once per method, not per call
+            wrapped = self._wrapped[method] = (handler, self._wrap(method, handler, not exempt))
+        return wrapped[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler, counted: bool) -> grpc.RpcMethodHandler:
         behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-        counted = not exempt
         deserializer = handler.request_deserializer
         if method not in OWN_CODEC:  # undecodable bytes: INVALID_ARGUMENT, not gRPC's INTERNAL
             behaviour = lenient_behaviour(behaviour, method, handler.request_streaming, handler.response_streaming)
@@ -115,48 +141,47 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         """Unary responses, and streams written with ``context.write`` (health's Watch)."""
 
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            record = _describe(method, request, self.known_model)
-            started = time.perf_counter()
-            in_flight = _child(metrics.IN_FLIGHT, record.method, record.model)
-            in_flight.inc()
-            if counted:
-                self.lifecycle.enter()
+            call = self._begin(method, request, counted)
             try:
                 response = behaviour(request, context)
                 if inspect.isawaitable(response):
                     response = await response
-                record.response = response
+                call.record.response = response
                 return response
             except BaseException as error:  # noqa: BLE001 - the mapping point
-                await _fail(record, context, method, error)
+                await _fail(call.record, context, method, error)
             finally:
-                in_flight.dec()
-                if counted:
-                    self.lifecycle.leave()
-                self._finish(record, context, started)
+                self._end(call, context)
 
         return run
 
     def _streaming(self, method: str, behaviour: Callable[..., Any], counted: bool) -> Callable[..., Any]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            record = _describe(method, request, self.known_model)
-            started = time.perf_counter()
-            in_flight = _child(metrics.IN_FLIGHT, record.method, record.model)
-            in_flight.inc()
-            if counted:
-                self.lifecycle.enter()
+            call = self._begin(method, request, counted)
             try:
                 async for item in behaviour(request, context):
                     yield item
             except BaseException as error:  # noqa: BLE001 - the mapping point
-                await _fail(record, context, method, error)
+                await _fail(call.record, context, method, error)
             finally:
-                in_flight.dec()
-                if counted:
-                    self.lifecycle.leave()
-                self._finish(record, context, started)
+                self._end(call, context)
 
         return run
+
+    def _begin(self, method: str, request: Any, counted: bool) -> "_Call":
+        """What every call does first, unary or streaming: describe it, count it in flight (and for the drain)."""
+        record = _describe(method, request, self.known_model)
+        in_flight = _child(metrics.IN_FLIGHT, record.method, record.model)
+        in_flight.inc()
+        if counted:
+            self.lifecycle.enter()
+        return _Call(record, time.perf_counter(), in_flight, counted)
+
+    def _end(self, call: "_Call", context: grpc.aio.ServicerContext) -> None:
+        call.in_flight.dec()
+        if call.counted:
+            self.lifecycle.leave()
+        self._finish(call.record, context, call.started)
 
     def _finish(self, record: CallRecord, context: grpc.aio.ServicerContext, started: float) -> None:
         seconds = time.perf_counter() - started

@@ -112,8 +112,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> InferResponseView:
         inputs = decode_request_inputs(request)
         requested = [output.name for output in request.outputs]
-        remaining = context.time_remaining() if context is not None else None
-        deadline = None if remaining is None else time.monotonic() + remaining
+        deadline = _deadline(context, request)
         model, outputs = await self.dataplane.infer(request.model_name, request.model_version, inputs, requested,
                                                     _classification(request), deadline)
         # A view, serialized by kvserve.proto.wire (registered for ModelInfer) without copying outputs into protobuf.
@@ -161,6 +160,19 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register the v2 service; ModelInfer with kvserve's zero-copy codec (``kvserve.proto.wire``)."""
     add_service(server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb, servicer,
                 {"ModelInfer": (parse_infer_request, serialize_infer_response)})
+
+
+def _deadline(context: Any, request: pb.ModelInferRequest) -> float | None:
+    """When nobody awaits the answer any more (``time.monotonic()``): the call's gRPC deadline, or Triton's
+    request parameter ``timeout`` (microseconds), whichever comes first; None without either."""
+    remaining = context.time_remaining() if context is not None else None
+    deadline = None if remaining is None else time.monotonic() + remaining
+    if "timeout" in request.parameters:
+        micros = _int_parameter(request.parameters["timeout"], "timeout (microseconds)")
+        if micros > 0:
+            own = time.monotonic() + micros / 1e6
+            deadline = own if deadline is None else min(deadline, own)
+    return deadline
 
 
 def _int_parameter(parameter: pb.InferParameter, what: str) -> int:

@@ -16,7 +16,7 @@ from kvserve.server.api.grpc.streams import ChunkFeed, in_thread, next_message, 
 from kvserve.server.uploads.benchmarks import Benchmarks, BenchmarkSpec
 from kvserve.server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound
 from kvserve.server.ops.limits import Abandon
-from kvserve.server.batching import BatchPolicy
+from kvserve.server.batching import DEFAULT_QUEUE_DELAY_MS, BatchPolicy
 from kvserve.server.models import lifecycle
 from kvserve.server.models.manager import ModelManager, ModelVersion
 from kvserve.server.models.repository import parse_version
@@ -129,7 +129,7 @@ class KvServeServicer(kv_grpc.KvServeServicer):
             entry = ModelVersion.from_manifest(name, number, manifest)
             changes["dynamic_batching"] = BatchPolicy.checked(
                 request.max_batch_size if request.HasField("max_batch_size") else int(current.get("max_batch_size", 0)),
-                request.max_queue_delay_ms if request.HasField("max_queue_delay_ms") else float(current.get("max_queue_delay_ms", 1.0)),
+                request.max_queue_delay_ms if request.HasField("max_queue_delay_ms") else float(current.get("max_queue_delay_ms", DEFAULT_QUEUE_DELAY_MS)),
                 list(request.preferred_batch_sizes) or list(current.get("preferred_batch_sizes", [])), entry.inputs, entry.outputs)
         if not changes:
             raise InvalidArgument("nothing to change: give preprocessing, labels, clear_labels or batching (--max-batch/--max-delay-ms)")

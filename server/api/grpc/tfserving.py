@@ -2,15 +2,15 @@
 and ``ModelService`` (GetModelStatus), so clients built on tensorflow-serving-api work unchanged.
 
 Thin, like the v2 servicer: TensorProto -> numpy, the data plane, numpy -> TensorProto. Each RPC is one call of
-a pure request/response helper around the data plane. ``add_to_server`` registers the thread-pool servicers on a
-``grpc.Server`` and the ``async def`` ones on a ``grpc.aio.Server`` (they reach the data plane through
-``kvserve.server.api.infer_adapter``, which awaits an async ``DataPlane.infer`` or runs a sync one off the loop).
+a pure request/response helper around the data plane. ``add_to_server`` registers the ``async def`` servicers on
+kvd's ``grpc.aio.Server`` (they reach the data plane through ``kvserve.server.api.infer_adapter``).
 Classify, Regress, MultiInference and HandleReloadConfigRequest answer UNIMPLEMENTED (the generated base class
 raises NotImplementedError, which the error interceptor maps).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -108,31 +108,9 @@ def status_response(manager: Any, request: tfs.GetModelStatusRequest) -> tfs.Get
     return response
 
 
-class PredictionServicer(tfs_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, dataplane: Any) -> None:
-        self.manager = manager
-        self.dataplane = dataplane
-
-    def Predict(self, request: tfs.PredictRequest, context: grpc.ServicerContext) -> tfs.PredictResponse:
-        name, version, inputs, requested = predict_request(self.manager, request)
-        model, outputs = self.dataplane.infer(name, version, inputs, requested or None, None, call=context)
-        return predict_response(model, outputs)
-
-    def GetModelMetadata(self, request: tfs.GetModelMetadataRequest, context: grpc.ServicerContext) -> tfs.GetModelMetadataResponse:
-        name, version = metadata_model(self.manager, request)
-        return metadata_response(self.manager.get(name, version))
-
-
-class ModelServicer(tfs_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager) -> None:
-        self.manager = manager
-
-    def GetModelStatus(self, request: tfs.GetModelStatusRequest, context: grpc.ServicerContext) -> tfs.GetModelStatusResponse:
-        return status_response(self.manager, request)
-
-
 class AsyncPredictionServicer(tfs_grpc.PredictionServiceServicer):
-    """The same RPCs for grpc.aio: nothing blocks the event loop."""
+    """Predict and GetModelMetadata on grpc.aio: nothing blocks the event loop; Predict hands the call's gRPC
+    deadline to the data plane, as the v2 door does (a call whose deadline passes while queued is dropped)."""
 
     def __init__(self, manager: ModelManager, dataplane: Any) -> None:
         self.manager = manager
@@ -140,7 +118,9 @@ class AsyncPredictionServicer(tfs_grpc.PredictionServiceServicer):
 
     async def Predict(self, request: tfs.PredictRequest, context: grpc.aio.ServicerContext) -> tfs.PredictResponse:
         name, version, inputs, requested = predict_request(self.manager, request)
-        model, outputs = await infer_adapter.infer(self.dataplane, name, version, inputs, requested or None, None)
+        remaining = context.time_remaining() if context is not None else None
+        deadline = None if remaining is None else time.monotonic() + remaining
+        model, outputs = await infer_adapter.infer(self.dataplane, name, version, inputs, requested or None, None, deadline)
         return predict_response(model, outputs)
 
     async def GetModelMetadata(self, request: tfs.GetModelMetadataRequest, context: grpc.aio.ServicerContext) -> tfs.GetModelMetadataResponse:
@@ -173,11 +153,7 @@ class AsyncModelServicer(tfs_grpc.ModelServiceServicer):
         await _unimplemented(context, "HandleReloadConfigRequest")
 
 
-def add_to_server(manager: ModelManager, dataplane: Any, server: grpc.Server | grpc.aio.Server) -> None:
-    """Register both TF Serving services, async ones on a grpc.aio server."""
-    if isinstance(server, grpc.aio.Server):
-        tfs_grpc.add_PredictionServiceServicer_to_server(AsyncPredictionServicer(manager, dataplane), server)
-        tfs_grpc.add_ModelServiceServicer_to_server(AsyncModelServicer(manager), server)
-        return
-    tfs_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager, dataplane), server)
-    tfs_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
+def add_to_server(manager: ModelManager, dataplane: Any, server: grpc.aio.Server) -> None:
+    """Register both TF Serving services on kvd's grpc.aio server."""
+    tfs_grpc.add_PredictionServiceServicer_to_server(AsyncPredictionServicer(manager, dataplane), server)
+    tfs_grpc.add_ModelServiceServicer_to_server(AsyncModelServicer(manager), server)

@@ -10,7 +10,7 @@ from kvserve.proto.tensors import TensorError
 from kvserve.server.errors import KvError
 
 # Triton's mapping (NOT_FOUND 404, UNAVAILABLE 503, UNIMPLEMENTED 501, INTERNAL 500, everything else 400), plus
-# the HTTP statuses a client library retries or re-authenticates on.
+# the HTTP statuses a client library retries or re-authenticates on, and 504 for a request's timeout.
 STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.UNAVAILABLE: 503,
@@ -19,6 +19,7 @@ STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,  # the request's own timeout passed while it waited for the model
 }
 
 

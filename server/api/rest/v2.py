@@ -6,6 +6,8 @@ a model looks like on the wire), converted to JSON; inference goes through the d
 
 from __future__ import annotations
 
+import time
+
 from typing import Any
 
 from google.protobuf import json_format
@@ -73,8 +75,9 @@ def routes(door: Door) -> list[BaseRoute]:
         body = await read_body(request, door.settings.max_message_bytes)
         header, binary = split_body(body, request.headers.get(HEADER_LENGTH))
         decoded = decode_infer(header, binary)
+        deadline = time.monotonic() + decoded.timeout_us / 1e6 if decoded.timeout_us else None
         model, outputs = await infer(door.dataplane, request.path_params["model"], _version(request), decoded.inputs,
-                                     decoded.requested, decoded.classification)
+                                     decoded.requested, decoded.classification, deadline)
         answer, header_length = encode_infer(model.name, str(model.version), decoded.request_id, outputs, decoded.binary_outputs)
         if header_length is None:
             return Response(answer, media_type="application/json")

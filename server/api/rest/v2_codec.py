@@ -32,6 +32,7 @@ class InferRequest:
     classification: dict[str, int] = field(default_factory=dict)
     binary_outputs: set[str] = field(default_factory=set)  # names, or "*" for every output
     request_id: str = ""
+    timeout_us: int = 0  # Triton's request parameter "timeout" (microseconds; tritonclient's infer(timeout=...)); 0: none
 
 
 def _fallback(value: Any) -> Any:
@@ -202,6 +203,10 @@ def decode_infer(header: Any, binary: memoryview) -> InferRequest:
             request.binary_outputs.add(name)
         if "classification" in out_parameters:
             request.classification[name] = _int(out_parameters["classification"], f"output '{name}' classification")
+    if "timeout" in parameters:
+        request.timeout_us = _int(parameters["timeout"], "timeout (microseconds)")
+        if request.timeout_us < 0:
+            raise HttpError(f"timeout must be a number of microseconds >= 0, got {request.timeout_us}")
     if "top_k" in parameters:
         k = _int(parameters["top_k"], "top_k")
         for name in request.requested or [""]:
