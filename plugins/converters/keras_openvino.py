@@ -58,6 +58,7 @@ class KerasOpenVINOConverter:
             else:
                 shapes = [(list(s.shape), _numpy_dtype(s.datatype)) for s in model.inputs]
                 keras_model = _float32_clone(model.handle) if model.details.get("compute_dtype") == "bfloat16" else model.handle
+                keras_model = _flat_outputs(keras_model)
                 if model.details.get("named_inputs"):  # dict inputs: by name (a list would be matched by position)
                     ov_model = ov.convert_model(keras_model, input=dict(zip((s.name for s in model.inputs), shapes)))
                 else:
@@ -192,12 +193,32 @@ def _name_ports(ports: list[Any], specs: list[TensorSpec], kind: str) -> None:
         port.get_tensor().set_names({spec.name})
 
 
-def _output_keys(model: SourceModel, converted: Any) -> list[set[str]]:
-    """Per output, the names its IR port may carry besides its served name: the name it had before
-    ``unique_names`` (a signature key, a Keras name) and, for a Keras model, the converted model's KerasTensor name
-    (OpenVINO names list outputs' ports after them)."""
+def _flat_outputs(model: Any) -> Any:
+    """The model itself, or for nested outputs (a dict holding a list, lists of lists) the same graph answering a
+    flat list. OpenVINO names the ports of a nested answer by its outer key only and drops all but one leaf under
+    it (a dict ``{"heads": [a, b]}`` converted to one ``heads`` port)."""
+    from kvserve.plugins.keras_loading import flatten, input_structure, output_structure
+
+    try:
+        structure = output_structure(model)
+    except (AttributeError, ValueError):
+        return model
+    if not isinstance(structure, (dict, list, tuple)):
+        return model
+    values = list(structure.values()) if isinstance(structure, dict) else list(structure)
+    if not any(isinstance(v, (dict, list, tuple)) for v in values):
+        return model
+    import keras
+
+    return keras.Model(input_structure(model), [leaf for _, leaf in flatten(structure)], name=f"{model.name}_flat")
+
+
+def _output_keys(model: SourceModel, converted: Any) -> list[list[str]]:
+    """Per output, the names its IR port may carry, most specific first: for a Keras model the converted model's
+    KerasTensor name (OpenVINO names a list answer's ports after them; unique per tensor), then its served name,
+    then the name it had before ``unique_names`` (a signature key, a Keras name)."""
     renamed = model.details.get("renamed_outputs", {})
-    keys = [{renamed.get(spec.name, spec.name)} for spec in model.outputs]
+    keys = [[spec.name, renamed.get(spec.name, spec.name)] for spec in model.outputs]
     if model.details.get("kind") == "keras":
         try:
             from kvserve.plugins.keras_loading import flatten, output_structure
@@ -208,26 +229,31 @@ def _output_keys(model: SourceModel, converted: Any) -> list[set[str]]:
         if len(leaves) == len(keys):
             for found, (_, tensor) in zip(keys, leaves):
                 if getattr(tensor, "name", None):
-                    found.add(str(tensor.name))
+                    found.insert(0, str(tensor.name))
     return keys
 
 
-def _name_outputs(ov_model: Any, specs: list[TensorSpec], keys: list[set[str]]) -> None:
+def _name_outputs(ov_model: Any, specs: list[TensorSpec], keys: list[list[str]]) -> None:
     """Give every output its own IR port named exactly its served name.
 
     OpenVINO keeps one port for a tensor the model returns twice (and orders ports its own way), and a Result fed
     straight by a Parameter (an input returned as an output) shares that input's tensor, so naming it renames the
-    input. Ports are matched by name (served name, earlier name, KerasTensor name), else by position when the
+    input. Ports are matched by name (KerasTensor name, served name, earlier name), else by position when the
     counts agree; an output whose tensor another output or an input already holds gets its own no-op Convert, so
     its name survives ``save_model`` and compilation."""
     import openvino.opset13 as ops
 
     ports = list(ov_model.outputs)
     chosen: list[Any] = []
-    for spec, names in zip(specs, keys):
-        matches = [p for p in ports if ({spec.name} | names) & set(p.get_names())]
-        free = [p for p in matches if not any(p is c for c in chosen)]
-        chosen.append((free or matches or [None])[0])
+    for names in keys:
+        pick = None
+        for name in names:
+            matches = [p for p in ports if name in p.get_names()]
+            free = [p for p in matches if not any(p is c for c in chosen)]
+            if matches:
+                pick = (free or matches)[0]
+                break
+        chosen.append(pick)
     if any(p is None for p in chosen):
         if len(ports) != len(specs):
             raise ConversionFailed(f"the converted model has {len(ports)} outputs but the original has {len(specs)}")
