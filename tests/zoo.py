@@ -48,7 +48,7 @@ class Entry:
 
     name: str
     category: str
-    fmt: str  # "keras", "h5", "tf_keras_h5" or "savedmodel"
+    fmt: str  # "keras", "h5", "tf_keras_h5", "savedmodel" (model.export) or "tf_keras_savedmodel" (tf_keras model.save(dir))
     build: Callable[[], Any]
     draw: Callable[[np.random.Generator, int], Any]
     refuse: str = ""  # non-empty: the upload must be refused with one line naming this
@@ -663,6 +663,7 @@ ZOO: tuple[Entry, ...] = (
     Entry("small-cnn", "formats", "h5", _small_cnn, pixels(16, "tf")),
     Entry("small-cnn", "formats", "savedmodel", _small_cnn, pixels(16, "tf")),
     Entry("small-cnn-tf_keras", "formats", "tf_keras_h5", _tf_keras_cnn, pixels(16, "tf")),
+    Entry("small-cnn-tf_keras", "formats", "tf_keras_savedmodel", _tf_keras_cnn, pixels(16, "tf")),
     # custom code
     Entry("custom-layer-plugin", "custom", "keras", _custom(True), features(features=8), needs="custom-objects"),
     Entry("custom-layer-no-plugin", "custom", "keras", _custom(False), features(features=8), refuse="ZooUnregistered"),
@@ -705,10 +706,10 @@ def build(entry: Entry, out_dir: Path) -> Built:
 
     keras.utils.set_random_seed(SEED)
     model = entry.build()
-    if entry.fmt != "tf_keras_h5":
+    if not entry.fmt.startswith("tf_keras"):
         realistic(model, entry.draw)
     inputs = entry.draw(np.random.default_rng(SEED + 2), ROWS)
-    raw = model(inputs, training=False) if entry.fmt != "tf_keras_h5" else model(inputs)
+    raw = model(inputs, training=False) if not entry.fmt.startswith("tf_keras") else model(inputs)
     reference = served_names(model, raw, entry.fmt)
     stem = out_dir / entry_id(entry).replace("-", "_").replace(".", "_")
     if entry.fmt == "keras":
@@ -720,7 +721,10 @@ def build(entry: Entry, out_dir: Path) -> Built:
     else:
         export = stem.with_name(stem.name + "_savedmodel")
         with _quiet():
-            model.export(export, verbose=False)
+            if entry.fmt == "tf_keras_savedmodel":  # Keras 2's own SavedModel (what tf_keras's model.save(dir) writes)
+                model.save(str(export), save_format="tf")
+            else:
+                model.export(export, verbose=False)
         path = stem.with_suffix(".zip")
         with zipfile.ZipFile(path, "w") as archive:
             for file in sorted(export.rglob("*")):
