@@ -567,6 +567,26 @@ def _fixed_batch() -> Any:
     return keras.Model(inputs, layers.Dense(3, activation="softmax", name="probabilities")(layers.Dense(16, activation="relu")(inputs)))
 
 
+def _uint8_image() -> Any:
+    """Raw uint8 pixels in, cast and rescaled inside the model (what a model fed decoded JPEGs often takes)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((16, 16, 3), dtype="uint8", name="pixels")
+    x = layers.Rescaling(1 / 255.0)(layers.Identity()(keras.ops.cast(inputs, "float32")))
+    x = layers.Conv2D(8, 3, activation="relu")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(4, activation="softmax", name="probabilities")(x))
+
+
+def uint8_pixels(size: int) -> Callable[[np.random.Generator, int], np.ndarray]:
+    def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
+        return _photos(rng, rows, size).round().astype(np.uint8)
+
+    return draw
+
+
 def _custom(registered: bool) -> Callable[[], Any]:
     def build() -> Any:
         import keras
@@ -657,6 +677,7 @@ ZOO: tuple[Entry, ...] = (
     Entry("LSTM-GRU-return_state", "rnn", "keras", _stacked_recurrent, sequences(10, 5)),
     Entry("fixed-batch-4", "formats", "keras", _fixed_batch, vectors(8)),
     Entry("Conv3D", "video", "keras", _conv3d, clips(4, 12)),
+    Entry("uint8-image-Rescaling", "dtypes", "keras", _uint8_image, uint8_pixels(16)),
     Entry("MultiHeadAttention-padding-mask", "attention", "keras", _masked_attention, padded_tokens(12, 300)),
     # formats of one small CNN
     Entry("small-cnn", "formats", "keras", _small_cnn, pixels(16, "tf")),
