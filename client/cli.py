@@ -312,7 +312,7 @@ def _precision_line(manifest: dict[str, Any]) -> str:
     if compute:
         line += f"; the Keras model itself computes in {compute} (mixed precision), so parity allows " \
                 f"{parity.get('tolerance_max_rel_diff', 0):.3g}"
-    climbed = [r for r in manifest.get("ladder") or [] if r.get("why_next")]
+    climbed = [r for r in manifest.get("ladder") or [] if r.get("why_next") and not r.get("same_as")]  # same_as: not re-run
     if climbed:
         line += "; tried first: " + "; ".join(f"{r['weights']}/{r['execution']}: {r['why_next']}" for r in climbed)
     return line

@@ -14,9 +14,9 @@ import json
 import os
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -354,14 +354,22 @@ def _shape(tensor: Any) -> tuple[int, ...]:
     return tuple(-1 if d is None else int(d) for d in tuple(tensor.shape))
 
 
-def _unique(names: list[str], role: str) -> list[str]:
-    seen: dict[str, int] = {}
+def unique_names(names: list[str], taken: Iterable[str] = ()) -> list[str]:
+    """``names`` made distinct, in order, the way Keras names layers: the first use of a name keeps it, a later
+    use (or a name already in ``taken``, e.g. an output named like an input) gets the first suffix ``_1``,
+    ``_2`` ... that no other name uses. Why: Keras lets a model return one tensor twice, call a shared layer
+    twice (two outputs named after it) or give an output its input's name, while the v2 protocol, the IR's ports
+    and the TF backend address tensors by name. Stable: it depends only on the names and their order."""
+    reserved, used, out = set(taken) | set(names), set(taken), []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
-    clashes = [n for n, c in seen.items() if c > 1]
-    if clashes:
-        raise ModelRejected(f"two {role}s are both named '{clashes[0]}'; give the Keras {role}s distinct names")
-    return names
+        if name in used:
+            suffix = 1
+            while f"{name}_{suffix}" in reserved or f"{name}_{suffix}" in used:
+                suffix += 1
+            name = f"{name}_{suffix}"
+        used.add(name)
+        out.append(name)
+    return out
 
 
 @dataclass
@@ -372,23 +380,27 @@ class KerasSignature:
     outputs: list[TensorSpec]
     input_struct: Any
     output_struct: Any
+    renamed_outputs: dict[str, str] = field(default_factory=dict)  # served name -> the Keras name it repeats
 
     def call_args(self, feeds: dict[str, Any]) -> Any:
         """The model's call argument (dict, list or tensor) built from named feeds."""
         return rebuild(self.input_struct, iter(feeds[spec.name] for spec in self.inputs))
 
     def named_outputs(self, result: Any) -> dict[str, Any]:
-        """The model's answer as ``{output name: value}`` (a dict answer by key, else in flatten order)."""
-        if isinstance(result, dict) and all(spec.name in result for spec in self.outputs):
-            return {spec.name: result[spec.name] for spec in self.outputs}
+        """The model's answer as ``{output name: value}``: by key for a flat dict answer whose keys are the names,
+        else in flatten order (nested dicts, lists, renamed duplicates)."""
+        names = [spec.name for spec in self.outputs]
+        if isinstance(result, dict) and set(result) == set(names) and not self.renamed_outputs:
+            return {name: result[name] for name in names}
         leaves = [leaf for _, leaf in flatten(result)]
         if len(leaves) != len(self.outputs):
             raise ValueError(f"the model answered {len(leaves)} tensors for {len(self.outputs)} outputs")
-        return {spec.name: leaf for spec, leaf in zip(self.outputs, leaves)}
+        return dict(zip(names, leaves))
 
 
 def keras_signature(model: Any) -> KerasSignature:
-    """Names: dict keys where the model takes or gives a dict, else the Keras input names and ``output_names``."""
+    """Names: dict keys where the model takes or gives a dict, else the Keras input names and ``output_names``;
+    repeated output names (and outputs named like an input) made distinct by ``unique_names``."""
     try:
         in_struct = input_structure(model)
         out_struct = output_structure(model)
@@ -397,21 +409,21 @@ def keras_signature(model: Any) -> KerasSignature:
                             "kvd can read; build it (call it once on a batch) before saving, or upload "
                             "model.export(dir) as a SavedModel") from None
     in_leaves = flatten(in_struct)
-    inputs = [TensorSpec(_leaf_name(path, tensor.name), "", _shape(tensor)) for path, tensor in in_leaves]
-    inputs = [TensorSpec(spec.name, _datatype(tensor, "input", spec.name), spec.shape) for spec, (_, tensor) in zip(inputs, in_leaves)]
+    in_names = unique_names([_leaf_name(path, tensor.name) for path, tensor in in_leaves])
+    inputs = [TensorSpec(name, _datatype(tensor, "input", name), _shape(tensor)) for name, (_, tensor) in zip(in_names, in_leaves)]
     out_leaves = flatten(out_struct)
     keras_names = list(getattr(model, "output_names", None) or [])
     if len(keras_names) != len(out_leaves):  # Sequential has no output_names: name outputs by the layer making them
         keras_names = [_producer_name(t) or getattr(t, "name", f"output_{i}").split("/")[0].split(":")[0]
                        for i, (_, t) in enumerate(out_leaves)]
+    given = [_leaf_name(path, fallback) for (path, _), fallback in zip(out_leaves, keras_names)]
+    served = unique_names(given, taken=in_names)
     outputs = []
-    for (path, tensor), fallback in zip(out_leaves, keras_names):
-        name = _leaf_name(path, fallback)
+    for name, (_, tensor) in zip(served, out_leaves):
         datatype = "BYTES" if _makes_strings(tensor) else _datatype(tensor, "output", name)
         outputs.append(TensorSpec(name, datatype, _shape(tensor)))
-    _unique([s.name for s in inputs], "input")
-    _unique([s.name for s in outputs], "output")
-    return KerasSignature(inputs, outputs, in_struct, out_struct)
+    renamed = {new: old for new, old in zip(served, given) if new != old}
+    return KerasSignature(inputs, outputs, in_struct, out_struct, renamed)
 
 
 def keras_predictor(model: Any, signature: KerasSignature) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:

@@ -111,6 +111,80 @@ def test_list_outputs_use_keras_output_names_and_nested_inputs_flatten(tmp_path:
     assert list(got) == ["second_head"] and got["second_head"].shape == (2, 5)
 
 
+# --- repeated output names ------------------------------------------------------------------------------------
+def test_unique_names_keep_the_first_and_suffix_the_rest_in_order() -> None:
+    from kvserve.plugins.keras_loading import unique_names
+
+    assert unique_names(["d", "e"]) == ["d", "e"]
+    assert unique_names(["d", "d", "d"]) == ["d", "d_1", "d_2"]
+    assert unique_names(["d", "d", "d_1"]) == ["d", "d_2", "d_1"]  # never takes a name another output has
+    assert unique_names(["x", "d"], taken=["x"]) == ["x_1", "d"]  # an output named like an input
+
+
+def _repeated_outputs(kind: str) -> keras.Model:
+    x = keras.Input((4,), name="x")
+    if kind == "same-tensor-twice":
+        d = keras.layers.Dense(3, name="d", bias_initializer="ones")(x)
+        return keras.Model(x, [d, keras.layers.Dense(2, name="e")(x), d])
+    if kind == "shared-layer-twice":
+        y = keras.Input((4,), name="y")
+        shared = keras.layers.Dense(2, name="shared")
+        return keras.Model([x, y], [shared(x), shared(keras.layers.Dense(4, name="pre")(y))])
+    if kind == "input-as-output":
+        return keras.Model(x, [x, keras.layers.Dense(3, name="d")(x)])
+    if kind == "nested-dict-of-list":  # OpenVINO keeps one port per outer key unless kvd flattens the answer
+        hidden = keras.layers.Dense(8, activation="relu")(x)
+        return keras.Model(x, {"heads": [keras.layers.Dense(2, name="first")(hidden), keras.layers.Dense(3, name="second")(hidden)],
+                               "aux": keras.layers.Dense(1, name="aux")(hidden)})
+    d = keras.layers.Dense(3, name="d", bias_initializer="ones")(x)  # same tensor under two dict keys
+    return keras.Model(x, {"a": d, "b": d, "c": keras.layers.Dense(2, name="e")(x)})
+
+
+REPEATED = {"same-tensor-twice": ["d", "e", "d_1"], "shared-layer-twice": ["shared", "shared_1"],
+            "input-as-output": ["x_1", "d"], "one-tensor-two-keys": ["a", "b", "c"],
+            "nested-dict-of-list": ["aux", "heads", "heads_1"]}
+
+
+@pytest.mark.parametrize("suffix,fmt", [(".keras", "keras-v3"), (".h5", "keras-h5")])
+@pytest.mark.parametrize("kind", sorted(REPEATED))
+def test_repeated_output_names_are_made_distinct_and_served_by_openvino(tmp_path: Path, kind: str, suffix: str, fmt: str) -> None:
+    """Keras loads these models, so kvd serves them: a repeated name gets _1, _2 in output order (an output named
+    like an input too), the same in the signature, the IR's ports, the TF backend and the parity reference."""
+    original = _repeated_outputs(kind)
+    path = tmp_path / f"repeated{suffix}"
+    original.save(path)
+    model = _load(path, fmt)
+    names = [s.name for s in model.outputs]
+    assert names == REPEATED[kind]
+    assert [s.name for s in model.inputs] == [t.name for t in original.inputs]
+    rng = np.random.default_rng(0)
+    feeds = {s.name: rng.normal(size=(3, 4)).astype(np.float32) for s in model.inputs}
+    raw = original([feeds[s.name] for s in model.inputs] if len(model.inputs) > 1 else feeds[model.inputs[0].name])
+    expected = dict(zip(names, [np.asarray(v) for v in keras.tree.flatten(raw)]))
+    openvino, tf_runner = _openvino(model, tmp_path / "ir"), _tf_runner(model, path, fmt)
+    for predict in (model.reference, openvino, tf_runner.infer):
+        got = predict(feeds)
+        assert set(got) >= set(names)
+        for name in names:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-5)
+    if kind == "input-as-output":
+        np.testing.assert_array_equal(openvino(feeds)["x_1"], feeds["x"])
+
+
+def test_a_savedmodel_returning_one_tensor_twice_keeps_both_outputs(tmp_path: Path) -> None:
+    """model.export() names the outputs output_0/output_1; OpenVINO folds them into one port unless kvd splits it."""
+    x = keras.Input((4,), name="x")
+    d = keras.layers.Dense(3, name="d", bias_initializer="ones")(x)
+    keras.Model(x, [d, d]).export(tmp_path / "sm", verbose=False)
+    model = KerasOpenVINOConverter().load(tmp_path / "sm", "savedmodel", ConversionOptions(precision="fp32"))
+    assert [s.name for s in model.outputs] == ["output_0", "output_1"]
+    feeds = {"x": np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)}
+    expected = model.reference(feeds)
+    got = _openvino(model, tmp_path / "ir")(feeds)
+    for name in ("output_0", "output_1"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-5)
+
+
 # --- strings -----------------------------------------------------------------------------------------------
 def _text_model() -> keras.Model:
     vectorize = keras.layers.TextVectorization(max_tokens=40, output_sequence_length=6)

@@ -25,6 +25,15 @@ def test_models_that_rescale_themselves_get_raw_pixels_first():
     assert "0-255" in first.description and first.feeds["image"].max() > 100 and first.feeds["image"].min() >= 0
 
 
+def test_uint8_images_get_0_255_pixels_first():
+    """A uint8 image input (decoded JPEG pixels, rescaled inside the model) judged on 0-10 proved little."""
+    first = candidates([TensorSpec("pixels", "UINT8", (-1, 16, 16, 3))], 4)[0]
+    x = first.feeds["pixels"]
+    assert x.dtype == np.uint8 and "0-255" in first.description and x.max() > 200 and x.min() < 50
+    tokens = candidates([TensorSpec("ids", "INT32", (-1, 12))], 4)[0]
+    assert "pixels" not in tokens.description  # not an image: integers as before
+
+
 def test_tokens_stay_inside_the_vocabulary_and_strings_come_from_it():
     specs = [TensorSpec("ids", "INT32", (-1, 12)), TensorSpec("text", "BYTES", (-1, 1))]
     hints = {"ids": {"kind": "tokens", "high": 50}, "text": {"kind": "strings", "vocabulary": ["", "[UNK]", "cat", "dog"]}}

@@ -48,7 +48,7 @@ class Entry:
 
     name: str
     category: str
-    fmt: str  # "keras", "h5", "tf_keras_h5" or "savedmodel"
+    fmt: str  # "keras", "h5", "tf_keras_h5", "savedmodel" (model.export) or "tf_keras_savedmodel" (tf_keras model.save(dir))
     build: Callable[[], Any]
     draw: Callable[[np.random.Generator, int], Any]
     refuse: str = ""  # non-empty: the upload must be refused with one line naming this
@@ -482,6 +482,111 @@ def _tf_keras_lstm() -> Any:
     return model
 
 
+def _same_tensor_twice() -> Any:
+    """One tensor returned twice beside another output: Keras names both 'probabilities' (served as
+    'probabilities' and 'probabilities_1')."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((8,), name="features")
+    x = layers.Dense(16, activation="relu")(inputs)
+    probabilities = layers.Dense(3, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, [probabilities, layers.Dense(1, name="score")(x), probabilities])
+
+
+def _shared_layer_twice() -> Any:
+    """A Siamese pair: one layer called on two inputs makes two different outputs Keras names alike ('embed')."""
+    import keras
+    from keras import layers
+
+    left, right = keras.Input((6,), name="left"), keras.Input((6,), name="right")
+    embed = layers.Dense(4, activation="tanh", name="embed")
+    return keras.Model([left, right], [embed(left), embed(layers.Dense(6, name="shift")(right))])
+
+
+def _nested_outputs() -> Any:
+    """A dict of a list and a tensor as the model's answer."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((8,), name="features")
+    x = layers.Dense(16, activation="relu")(inputs)
+    return keras.Model(inputs, {"heads": [layers.Dense(2, name="first")(x), layers.Dense(3, activation="softmax", name="second")(x)],
+                                "aux": layers.Dense(1, name="aux_score")(x)})
+
+
+def _conv3d() -> Any:
+    """A short video clip (frames x height x width x channels) through Conv3D."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((4, 12, 12, 3), name="clip")
+    x = layers.Conv3D(8, 3, activation="relu")(inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.MaxPooling3D((1, 2, 2))(x)
+    x = layers.GlobalAveragePooling3D()(x)
+    return keras.Model(inputs, layers.Dense(4, activation="softmax", name="action")(x))
+
+
+def clips(frames: int, size: int) -> Callable[[np.random.Generator, int], np.ndarray]:
+    def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
+        return np.stack([_photos(rng, frames, size) / 127.5 - 1.0 for _ in range(rows)]).astype(np.float32)
+
+    return draw
+
+
+def _masked_attention() -> Any:
+    """Padded tokens: Embedding(mask_zero) makes the padding mask MultiHeadAttention and pooling respect."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((12,), dtype="int32", name="tokens")
+    x = layers.Embedding(300, 16, mask_zero=True)(inputs)
+    x = layers.LayerNormalization()(x + layers.MultiHeadAttention(num_heads=2, key_dim=8)(x, x))
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(3, activation="softmax", name="label")(x))
+
+
+def _stacked_recurrent() -> Any:
+    """Stacked LSTM (return_sequences) into a GRU, and the GRU's final state as a second output."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((10, 5), name="series")
+    x = layers.LSTM(12, return_sequences=True)(inputs)
+    x, state = layers.GRU(8, return_state=True, name="gru")(x)
+    return keras.Model(inputs, {"forecast": layers.Dense(2)(x), "state": state})
+
+
+def _fixed_batch() -> Any:
+    """A model built for exactly 4 rows (batch dim fixed): served with that batch size only."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((8,), batch_size=ROWS, name="features")
+    return keras.Model(inputs, layers.Dense(3, activation="softmax", name="probabilities")(layers.Dense(16, activation="relu")(inputs)))
+
+
+def _uint8_image() -> Any:
+    """Raw uint8 pixels in, cast and rescaled inside the model (what a model fed decoded JPEGs often takes)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((16, 16, 3), dtype="uint8", name="pixels")
+    x = layers.Rescaling(1 / 255.0)(layers.Identity()(keras.ops.cast(inputs, "float32")))
+    x = layers.Conv2D(8, 3, activation="relu")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(4, activation="softmax", name="probabilities")(x))
+
+
+def uint8_pixels(size: int) -> Callable[[np.random.Generator, int], np.ndarray]:
+    def draw(rng: np.random.Generator, rows: int) -> np.ndarray:
+        return _photos(rng, rows, size).round().astype(np.uint8)
+
+    return draw
+
+
 def _custom(registered: bool) -> Callable[[], Any]:
     def build() -> Any:
         import keras
@@ -564,11 +669,22 @@ ZOO: tuple[Entry, ...] = (
     Entry("Sequential-MLP", "formats", "h5", _sequential_mlp, vectors(10)),
     Entry("subclassed-model", "custom", "keras", _subclassed, pixels(12, "tf"), needs="custom-objects"),
     Entry("LSTM-tf_keras", "formats", "tf_keras_h5", _tf_keras_lstm, sequences(12, 6)),
+    # outputs named alike (served as name, name_1 ...), nested outputs, a fixed batch, Conv3D, masked attention
+    Entry("same-tensor-twice", "multi-io", "keras", _same_tensor_twice, vectors(8)),
+    Entry("same-tensor-twice", "multi-io", "savedmodel", _same_tensor_twice, vectors(8)),
+    Entry("shared-layer-twice", "multi-io", "h5", _shared_layer_twice, features(left=6, right=6)),
+    Entry("nested-outputs", "multi-io", "keras", _nested_outputs, vectors(8)),
+    Entry("LSTM-GRU-return_state", "rnn", "keras", _stacked_recurrent, sequences(10, 5)),
+    Entry("fixed-batch-4", "formats", "keras", _fixed_batch, vectors(8)),
+    Entry("Conv3D", "video", "keras", _conv3d, clips(4, 12)),
+    Entry("uint8-image-Rescaling", "dtypes", "keras", _uint8_image, uint8_pixels(16)),
+    Entry("MultiHeadAttention-padding-mask", "attention", "keras", _masked_attention, padded_tokens(12, 300)),
     # formats of one small CNN
     Entry("small-cnn", "formats", "keras", _small_cnn, pixels(16, "tf")),
     Entry("small-cnn", "formats", "h5", _small_cnn, pixels(16, "tf")),
     Entry("small-cnn", "formats", "savedmodel", _small_cnn, pixels(16, "tf")),
     Entry("small-cnn-tf_keras", "formats", "tf_keras_h5", _tf_keras_cnn, pixels(16, "tf")),
+    Entry("small-cnn-tf_keras", "formats", "tf_keras_savedmodel", _tf_keras_cnn, pixels(16, "tf")),
     # custom code
     Entry("custom-layer-plugin", "custom", "keras", _custom(True), features(features=8), needs="custom-objects"),
     Entry("custom-layer-no-plugin", "custom", "keras", _custom(False), features(features=8), refuse="ZooUnregistered"),
@@ -578,6 +694,7 @@ ZOO: tuple[Entry, ...] = (
     Entry("MobileNetV2", "applications", "keras", _app("MobileNetV2", 32), pixels(32, "tf")),
     Entry("MobileNetV2", "applications", "h5", _app("MobileNetV2", 32), pixels(32, "tf")),
     Entry("MobileNetV3Small", "applications", "keras", _app("MobileNetV3Small", 32), pixels(32, "raw")),
+    Entry("MobileNet", "applications", "keras", _app("MobileNet", 32), pixels(32, "tf")),
     Entry("EfficientNetB0", "applications", "keras", _app("EfficientNetB0", 32), pixels(32, "raw"), heavy=True),
     Entry("EfficientNetV2B0", "applications", "keras", _app("EfficientNetV2B0", 32), pixels(32, "raw"), heavy=True),
     Entry("DenseNet121", "applications", "keras", _app("DenseNet121", 32), pixels(32, "torch"), heavy=True),
@@ -610,16 +727,11 @@ def build(entry: Entry, out_dir: Path) -> Built:
 
     keras.utils.set_random_seed(SEED)
     model = entry.build()
-    if entry.fmt != "tf_keras_h5":
+    if not entry.fmt.startswith("tf_keras"):
         realistic(model, entry.draw)
     inputs = entry.draw(np.random.default_rng(SEED + 2), ROWS)
-    raw = model(inputs, training=False) if entry.fmt != "tf_keras_h5" else model(inputs)
-    if isinstance(raw, Mapping):
-        reference = {k: np.asarray(v) for k, v in raw.items()}
-    elif isinstance(raw, (list, tuple)):  # several outputs as a list: by the Keras output names kvd serves them under
-        reference = {name: np.asarray(v) for name, v in zip(model.output_names, raw)}
-    else:
-        reference = {"": np.asarray(raw)}
+    raw = model(inputs, training=False) if not entry.fmt.startswith("tf_keras") else model(inputs)
+    reference = served_names(model, raw, entry.fmt)
     stem = out_dir / entry_id(entry).replace("-", "_").replace(".", "_")
     if entry.fmt == "keras":
         path = stem.with_suffix(".keras")
@@ -630,12 +742,53 @@ def build(entry: Entry, out_dir: Path) -> Built:
     else:
         export = stem.with_name(stem.name + "_savedmodel")
         with _quiet():
-            model.export(export, verbose=False)
+            if entry.fmt == "tf_keras_savedmodel":  # Keras 2's own SavedModel (what tf_keras's model.save(dir) writes)
+                model.save(str(export), save_format="tf")
+            else:
+                model.export(export, verbose=False)
         path = stem.with_suffix(".zip")
         with zipfile.ZipFile(path, "w") as archive:
             for file in sorted(export.rglob("*")):
                 archive.write(file, file.relative_to(export.parent))
     return Built(entry, path, inputs, reference)
+
+
+def served_names(model: Any, raw: Any, fmt: str) -> dict[str, np.ndarray]:
+    """Keras's answer under the names kvd promises (docs/compatibility.md): dict keys (nested keys joined by '/'),
+    else the Keras output names; a name used before, or an input's name, gets the first free suffix _1, _2 ...
+    in output order. An exported SavedModel names its outputs output_0, output_1 ... ('' for a single output:
+    compared with kvd's only one)."""
+    leaves: list[tuple[str, Any]] = []
+
+    def walk(node: Any, keys: tuple[str, ...]) -> None:
+        if isinstance(node, Mapping):
+            for key in sorted(node):
+                walk(node[key], keys + (str(key),))
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item, keys)
+        else:
+            leaves.append(("/".join(keys), np.asarray(node)))
+
+    walk(raw, ())
+    if len(leaves) == 1 and not leaves[0][0]:
+        return {"": leaves[0][1]}
+    if fmt == "savedmodel" and not isinstance(raw, Mapping):
+        return {f"output_{i}": value for i, (_, value) in enumerate(leaves)}
+    if not isinstance(raw, Mapping):
+        leaves = [(name, value) for name, (_, value) in zip(model.output_names, leaves)]
+    taken = {getattr(t, "name", "") for t in model.inputs}
+    reserved, result = taken | {name for name, _ in leaves}, {}
+    for name, value in leaves:
+        served = name
+        if served in taken:
+            suffix = 1
+            while f"{name}_{suffix}" in taken | reserved:
+                suffix += 1
+            served = f"{name}_{suffix}"
+        taken.add(served)
+        result[served] = value
+    return result
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from kvserve.plugins.hookspecs import hookimpl
-from kvserve.plugins.keras_loading import ANSI, V2_DATATYPES, keras_predictor, keras_signature, load_keras
+from kvserve.plugins.keras_loading import ANSI, V2_DATATYPES, keras_predictor, keras_signature, load_keras, unique_names
 from kvserve.plugins.types import (
     ConversionFailed,
     ConversionOptions,
@@ -48,6 +48,7 @@ class KerasOpenVINOConverter:
     def convert(self, model: SourceModel, out_dir: Path, options: ConversionOptions) -> Path:
         import openvino as ov
 
+        keras_model = model.handle
         try:
             if model.details["kind"] == "savedmodel":
                 _string_ops_extension(model)
@@ -57,6 +58,7 @@ class KerasOpenVINOConverter:
             else:
                 shapes = [(list(s.shape), _numpy_dtype(s.datatype)) for s in model.inputs]
                 keras_model = _float32_clone(model.handle) if model.details.get("compute_dtype") == "bfloat16" else model.handle
+                keras_model = _flat_outputs(keras_model)
                 if model.details.get("named_inputs"):  # dict inputs: by name (a list would be matched by position)
                     ov_model = ov.convert_model(keras_model, input=dict(zip((s.name for s in model.inputs), shapes)))
                 else:
@@ -68,7 +70,8 @@ class KerasOpenVINOConverter:
         _name_ports(ov_model.inputs, model.inputs, "input")
         if model.details.get("strings"):
             _check_string_ports(ov_model)
-        _name_ports(ov_model.outputs, model.outputs, "output")
+        _name_outputs(ov_model, model.outputs, _output_keys(model, keras_model if model.details["kind"] == "keras"
+                                                            and not model.details.get("strings") else model.handle))
         xml = out_dir / "model.xml"
         ov.save_model(ov_model, xml, compress_to_fp16=options.precision == "fp16")
         return xml
@@ -103,6 +106,8 @@ class KerasOpenVINOConverter:
             details["compute_dtype"] = compute
         if isinstance(signature.input_struct, dict):
             details["named_inputs"] = True
+        if signature.renamed_outputs:  # served name -> the repeated Keras name (keras_loading.unique_names)
+            details["renamed_outputs"] = signature.renamed_outputs
         if any(spec.datatype == "BYTES" for spec in signature.inputs + signature.outputs):
             details["strings"] = True
         return SourceModel(signature.inputs, signature.outputs, keras_predictor(model, signature), model, details)
@@ -120,14 +125,20 @@ class KerasOpenVINOConverter:
             raise ModelRejected(f"could not load the SavedModel: {error}") from None
         input_specs = signature.structured_input_signature[1]
         inputs = [TensorSpec(name, _v2_datatype(spec.dtype), _shape(spec.shape)) for name, spec in sorted(input_specs.items())]
-        outputs = [TensorSpec(name, _v2_datatype(spec.dtype), _shape(spec.shape)) for name, spec in sorted(signature.structured_outputs.items())]
+        given = sorted(signature.structured_outputs)
+        served = unique_names(given, taken=[s.name for s in inputs])  # an output key may repeat an input's name
+        outputs = [TensorSpec(name, _v2_datatype(signature.structured_outputs[key].dtype), _shape(signature.structured_outputs[key].shape))
+                   for name, key in zip(served, given)]
 
         def reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             # ``loaded`` must outlive the signature's concrete function: the closure keeps it alive.
             result = loaded.signatures["serving_default"](**{s.name: tf.constant(feeds[s.name]) for s in inputs})
-            return {name: value.numpy() for name, value in result.items()}
+            return {name: result[key].numpy() for name, key in zip(served, given)}
 
-        return SourceModel(inputs, outputs, reference, source, {"kind": "savedmodel", "signature": "serving_default"})
+        details: dict[str, Any] = {"kind": "savedmodel", "signature": "serving_default"}
+        if renamed := {new: old for new, old in zip(served, given) if new != old}:
+            details["renamed_outputs"] = renamed
+        return SourceModel(inputs, outputs, reference, source, details)
 
 
 def _all_layers(model: Any) -> list[Any]:
@@ -180,6 +191,95 @@ def _name_ports(ports: list[Any], specs: list[TensorSpec], kind: str) -> None:
         ordered = list(ports)
     for port, spec in zip(ordered, specs):
         port.get_tensor().set_names({spec.name})
+
+
+def _flat_outputs(model: Any) -> Any:
+    """The model itself, or for nested outputs (a dict holding a list, lists of lists) the same graph answering a
+    flat list. OpenVINO names the ports of a nested answer by its outer key only and drops all but one leaf under
+    it (a dict ``{"heads": [a, b]}`` converted to one ``heads`` port)."""
+    from kvserve.plugins.keras_loading import flatten, input_structure, output_structure
+
+    try:
+        structure = output_structure(model)
+    except (AttributeError, ValueError):
+        return model
+    if not isinstance(structure, (dict, list, tuple)):
+        return model
+    values = list(structure.values()) if isinstance(structure, dict) else list(structure)
+    if not any(isinstance(v, (dict, list, tuple)) for v in values):
+        return model
+    import keras
+
+    return keras.Model(input_structure(model), [leaf for _, leaf in flatten(structure)], name=f"{model.name}_flat")
+
+
+def _output_keys(model: SourceModel, converted: Any) -> list[list[str]]:
+    """Per output, the names its IR port may carry, most specific first: for a Keras model the converted model's
+    KerasTensor name (OpenVINO names a list answer's ports after them; unique per tensor), then its served name,
+    then the name it had before ``unique_names`` (a signature key, a Keras name)."""
+    renamed = model.details.get("renamed_outputs", {})
+    keys = [[spec.name, renamed.get(spec.name, spec.name)] for spec in model.outputs]
+    if model.details.get("kind") == "keras":
+        try:
+            from kvserve.plugins.keras_loading import flatten, output_structure
+
+            leaves = flatten(output_structure(converted))
+        except Exception:  # noqa: BLE001 - no symbolic outputs: served names only
+            leaves = []
+        if len(leaves) == len(keys):
+            for found, (_, tensor) in zip(keys, leaves):
+                if getattr(tensor, "name", None):
+                    found.insert(0, str(tensor.name))
+    return keys
+
+
+def _name_outputs(ov_model: Any, specs: list[TensorSpec], keys: list[list[str]]) -> None:
+    """Give every output its own IR port named exactly its served name.
+
+    OpenVINO keeps one port for a tensor the model returns twice (and orders ports its own way), and a Result fed
+    straight by a Parameter (an input returned as an output) shares that input's tensor, so naming it renames the
+    input. Ports are matched by name (KerasTensor name, served name, earlier name), else by position when the
+    counts agree; an output whose tensor another output or an input already holds gets its own no-op Convert, so
+    its name survives ``save_model`` and compilation."""
+    import openvino.opset13 as ops
+
+    ports = list(ov_model.outputs)
+    chosen: list[Any] = []
+    for names in keys:
+        pick = None
+        for name in names:
+            matches = [p for p in ports if name in p.get_names()]
+            free = [p for p in matches if not any(p is c for c in chosen)]
+            if matches:
+                pick = (free or matches)[0]
+                break
+        chosen.append(pick)
+    if any(p is None for p in chosen):
+        if len(ports) != len(specs):
+            raise ConversionFailed(f"the converted model has {len(ports)} outputs but the original has {len(specs)}")
+        chosen = ports
+    held = {_tensor_key(port) for port in ov_model.inputs}  # tensors an input or an earlier output names
+    served: list[tuple[Any, TensorSpec]] = []  # (Result node, spec)
+    fresh = []
+    for port, spec in zip(chosen, specs):
+        node, source = port.get_node(), port.get_node().input_value(0)
+        if _tensor_key(source) in held:
+            node = ops.result(ops.convert(source, source.get_element_type()))
+            fresh.append(node)
+        held.add(_tensor_key(source))
+        served.append((node, spec))
+    wanted = {node.get_friendly_name() for node, _ in served}
+    for result in list(ov_model.get_results()):
+        if result.get_friendly_name() not in wanted:
+            ov_model.remove_result(result)
+    if fresh:
+        ov_model.add_results(fresh)
+    for node, spec in served:
+        node.output(0).get_tensor().set_names({spec.name})
+
+
+def _tensor_key(port: Any) -> tuple[str, int]:
+    return port.get_node().get_friendly_name(), port.get_index()
 
 
 def _compute_dtype(model: Any) -> str:

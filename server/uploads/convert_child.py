@@ -168,6 +168,17 @@ def _climb(job: dict[str, Any], channel: TextIO, converter: Any, model: Any, pre
     convert_s = verify_s = 0.0
     chosen_inputs = None
     for weights, required in LADDERS[requested]:
+        if ladder and required and ladder[-1]["weights"] == weights and ladder[-1]["execution"] == required:
+            # The device's default already executed these weights in ``required`` (f32 on a CPU without bf16):
+            # the rung would compile and judge the very same thing again. Recorded, not re-run.
+            rung = {**ladder[-1], "same_as": "the previous rung (the device's default execution is already "
+                                             f"{required})"}
+            ladder.append(rung)
+            if (weights, required) != LADDERS[requested][-1]:
+                emit(channel, {"stage": "verifying", "message": f"{_rung_name(weights, required)} is the rung just tried; trying the next precision"})
+            else:
+                break
+            continue
         if weights not in converted:
             step = time.perf_counter()
             emit(channel, {"stage": "converting", "message": f"{converter.name}: {job['format']} -> OpenVINO IR "

@@ -131,7 +131,10 @@ def _one_input(spec: TensorSpec, shape: list[int], rng: np.random.Generator, mod
             return [(rng.integers(low, high, size=shape).astype(dtype), f"tokens in [{low}, {high})"),
                     (rng.integers(0, 2, size=shape).astype(dtype), "integers 0-1")]
         info = np.iinfo(dtype)
-        return [(rng.integers(0, min(10, int(info.max)) + 1, size=shape).astype(dtype), "integers 0-10"),
+        pixels = []
+        if image_shape(spec.shape) is not None and info.max >= 255:  # a uint8 (or int) image: 0-255 pixels first
+            pixels = [(synthetic_pixels(rng, *shape).round().astype(dtype), "image-like integer pixels 0-255")]
+        return [*pixels, (rng.integers(0, min(10, int(info.max)) + 1, size=shape).astype(dtype), "integers 0-10"),
                 (rng.integers(0, 2, size=shape).astype(dtype), "integers 0-1"),
                 (rng.integers(max(int(info.min), -100), min(int(info.max), 100) + 1, size=shape).astype(dtype), "integers -100..100")]
     return [(array.astype(dtype), text) for array, text in _float_candidates(spec, shape, rng, mode, user_mode, hint)]
