@@ -38,6 +38,15 @@ PROGRESS_EVERY_BYTES = 4 * 1024 * 1024
 SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".keras", ".h5", ".hdf5")
 
 
+def _requested_preprocess(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The preprocessing the user asked for at upload, for a rebuild to ask for again; None when kvd chose it (a
+    default or a suggestion), so the converter chooses the same way and draws the same parity inputs."""
+    preprocess = manifest.get("preprocess") or {}
+    if not str(preprocess.get("source", "")).startswith("user"):
+        return None
+    return {k: v for k, v in preprocess.items() if k != "source"} or None
+
+
 @dataclass
 class UploadSpec:
     name: str
@@ -272,7 +281,7 @@ class UploadPipeline:
             job = {"source": str(model_source), "format": source.get("format"), "out_dir": str(workdir),
                    "precision": "auto" if manifest.get("precision_requested") == "auto" else (manifest.get("precision") or "fp32"),
                    "allow_unsafe": self.settings.allow_unsafe_deserialization, "fallback_allowed": False,
-                   "tolerance": None, "preprocess": {k: v for k, v in (manifest.get("preprocess") or {}).items() if k != "source"} or None,
+                   "tolerance": None, "preprocess": _requested_preprocess(manifest),
                    **({"samples_npy": str(samples)} if samples.is_file() else {})}
             result: dict[str, Any] = {}
             for event in run_conversion(job, workdir, self.settings.conversion_timeout_s, self.launcher):
@@ -280,9 +289,13 @@ class UploadPipeline:
             verdict = (result.get("parity") or {}).get("verdict", "pass" if (result.get("parity") or {}).get("passed") else "fail")
             weights = manifest.get("precision") or job["precision"]
             if not result.get("ir") or verdict == "fail" or result.get("precision", job["precision"]) != weights:
+                log.warning("rebuilding %s version %d: no IR that proves itself with %s weights (got %s, parity %s)",
+                            name, version, weights, result.get("precision"), verdict)
                 return False  # the rebuilt IR must prove itself, with the weights the manifest describes
             names = [result["ir"]["xml"], result["ir"]["bin"]]
             if names != [ir["xml"], ir["bin"]]:
+                log.warning("rebuilding %s version %d: the IR files are named %s, the manifest's %s", name, version,
+                            names, [ir["xml"], ir["bin"]])
                 return False
             digests = {rel: digest for rel, digest in file_digests(workdir).items() if rel in names}
             self.repository.replace_files(name, version, workdir, digests)
