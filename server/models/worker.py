@@ -34,7 +34,7 @@ from kvserve.plugins.types import LoadRequest
 from kvserve.server.errors import FailedPrecondition, InvalidArgument, KvError, ResourceExhausted, Unavailable
 from kvserve.server.models.worker_child import THREADS
 from kvserve.server.models.worker_wire import Channel, Closed
-from kvserve.server.uploads.child import LOG_PREFIX, _child_env, _kill, _tail
+from kvserve.server.uploads.child import LOG_PREFIX, child_env, kill_child, tail_log
 
 log = logging.getLogger("kvserve.server.models.worker")
 
@@ -173,7 +173,7 @@ class WorkerRunner:
                 break
             except Exception:  # noqa: BLE001 - a garbled frame: treat the worker as broken
                 log.exception("model %s: unreadable answer from its %s worker", self.model, self.backend)
-                _kill(worker.process)
+                kill_child(worker.process)
                 break
             with self._lock:
                 settle = self._pending.pop(header.get("id"), None)
@@ -208,7 +208,7 @@ class WorkerRunner:
                 command = [sys.executable, "-m", "kvserve.server.models.worker_child", "--fd", str(child_end.fileno()),
                            "--model", self.model, "--tmp", str(private_tmp), *(["--for", self.label] if self.label else [])]
                 process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-                                           pass_fds=(child_end.fileno(),), env=_child_env(self.memory_bytes),
+                                           pass_fds=(child_end.fileno(),), env=child_env(self.memory_bytes),
                                            start_new_session=True)
         finally:
             child_end.close()
@@ -219,9 +219,9 @@ class WorkerRunner:
             header, _ = worker.channel.receive()
             parent_end.settimeout(None)
         except (Closed, OSError) as error:
-            _kill(process)
+            kill_child(process)
             code = process.wait()
-            tail = _tail(worker.log_path)
+            tail = tail_log(worker.log_path)
             _discard(worker)
             log.error("model %s: its %s worker died while loading (%s); last output:\n%s", self.model, self.backend,
                       _cause(code), tail)
@@ -252,9 +252,9 @@ class WorkerRunner:
         try:
             code = worker.process.wait(5)
         except subprocess.TimeoutExpired:  # it closed the pipe but lives on: it is no use now
-            _kill(worker.process)
+            kill_child(worker.process)
             code = worker.process.wait()
-        tail = _tail(worker.log_path)
+        tail = tail_log(worker.log_path)
         _discard(worker)
         now = time.monotonic()
         with self._lock:
@@ -363,7 +363,7 @@ def _reap(worker: _Worker, grace_s: float = 5.0) -> None:
     try:
         worker.process.wait(grace_s)
     except subprocess.TimeoutExpired:
-        _kill(worker.process)
+        kill_child(worker.process)
         worker.process.wait()
     _discard(worker)
 

@@ -57,7 +57,7 @@ MEMORY_ENV = "KVSERVE_CHILD_MEMORY_BYTES"
 OOM_SCORE_ADJ = 500  # the kernel's OOM killer picks a child (one job lost) before kvd (every model down)
 
 
-def _child_env(memory_bytes: int = 0) -> dict[str, str]:
+def child_env(memory_bytes: int = 0) -> dict[str, str]:
     env = dict(os.environ)
     if memory_bytes > 0:
         env[MEMORY_ENV] = str(memory_bytes)
@@ -105,7 +105,7 @@ class Launcher:
             self._closed = True
             child, self._idle = self._idle, None
         if child is not None:
-            _kill(child.process)
+            kill_child(child.process)
             child.process.wait()
             child.log_path.unlink(missing_ok=True)
 
@@ -124,7 +124,7 @@ class Launcher:
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 stdin=subprocess.PIPE,
-                env=_child_env(self.memory_bytes),
+                env=child_env(self.memory_bytes),
                 start_new_session=True,
             )
         return Child(process, Path(name))
@@ -194,10 +194,10 @@ def run_child(launcher: Launcher, job: dict[str, Any], workdir: Path, timeout_s:
                 break
         else:
             return
-        _kill(child)
+        kill_child(child)
 
     threading.Thread(target=watch, name=f"kvd-{kind.noun}-watch", daemon=True).start()
-    forget = abandon.on_set(lambda: _kill(child)) if abandon is not None else (lambda: None)
+    forget = abandon.on_set(lambda: kill_child(child)) if abandon is not None else (lambda: None)
     final: dict[str, Any] | None = None
     try:
         assert child.stdout is not None
@@ -215,7 +215,7 @@ def run_child(launcher: Launcher, job: dict[str, Any], workdir: Path, timeout_s:
         finished.set()
         forget()
         if child.poll() is None:  # the caller went away (client cancelled): do not leave the child running
-            _kill(child)
+            kill_child(child)
             child.wait()
         shutil.move(taken.log_path, log_path)
     if abandon is not None:
@@ -226,25 +226,25 @@ def run_child(launcher: Launcher, job: dict[str, Any], workdir: Path, timeout_s:
     if timed_out.is_set():
         raise ResourceExhausted(f"{kind.noun} took longer than {timeout_s:.0f} s and was stopped; {kind.timeout_hint}")
     if final is None:
-        tail = _tail(log_path)
+        tail = tail_log(log_path)
         log.error("%s exited with %s; last output:\n%s", kind.worker, returncode, tail)
         cause = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
         raise Internal(f"the {kind.worker} died ({cause}) before finishing; {kind.lost} and kvd keeps serving")
     if not final["ok"]:
         if final["kind"] == "internal":
-            log.error("%s failed: %s\n%s", kind.worker, final["message"], _tail(log_path))
+            log.error("%s failed: %s\n%s", kind.worker, final["message"], tail_log(log_path))
         raise KINDS.get(final["kind"], Internal)(final["message"])
     yield {"result": final["result"]}
 
 
-def _kill(child: subprocess.Popen[bytes]) -> None:
+def kill_child(child: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def tail_log(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
