@@ -43,6 +43,17 @@ def ladder_models(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray, np.ndar
     feed = np.random.default_rng(1).random((16, 4), dtype=np.float32)
     models["fp16-sensitive"] = (_save(model, folder, "fp16_sensitive"), feed, np.asarray(model(feed)))
 
+    # Outputs 2**-9 * x as (1 + 2**-9) x - x: fp16 keeps 1 + 2**-9 exactly (10 fraction bits), bf16 (7 bits) rounds
+    # it to 1, so fp16 weights are right in f32 execution and answer 0 in bf16 execution.
+    x = keras.Input((4,), name="x")
+    up = keras.layers.Dense(4, use_bias=False, name="up")
+    same = keras.layers.Dense(4, use_bias=False, name="same")
+    model = keras.Model(x, keras.layers.Subtract(name="small")([up(x), same(x)]), name="bf16_sensitive")
+    up.set_weights([np.eye(4, dtype=np.float32) * np.float32(1 + 2**-9)])
+    same.set_weights([np.eye(4, dtype=np.float32)])
+    feed = np.random.default_rng(6).random((16, 4), dtype=np.float32)
+    models["bf16-sensitive"] = (_save(model, folder, "bf16_sensitive"), feed, np.asarray(model(feed)))
+
     # BatchNorm statistics set for 0-255 pixels, then ReLU: uniform [0, 1) gives every input the same answer.
     image = keras.Input((16, 16, 3), name="image")
     conv = keras.layers.Conv2D(8, 3, name="conv")(image)
@@ -108,7 +119,24 @@ def test_an_explicit_precision_means_exactly_that_and_names_the_better_option(la
     with ladder_kvd.client() as client:
         error = _rpc_error(lambda: client.upload(path, name="sensitive16", precision="fp16", devices=["CPU"]))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "try --precision auto" in error.details() and "fp16 weights" in error.details() and "\n" not in error.details()
+    assert "try --precision auto" in error.details() and "fp16 weights in f32 execution" in error.details() and "\n" not in error.details()
+    assert "promised, with headroom" in error.details(), "the message names the figure the check really used"
+
+
+def test_explicit_fp16_keeps_its_weights_and_steps_to_f32_execution(ladder_kvd, ladder_models):
+    """The user chose fp16 weights, not bf16 execution: where the device's fastest execution (bf16) drifts, the
+    weights stay fp16 and execution steps to f32; on a CPU whose default is f32 the second rung is the first."""
+    path, x, expected = ladder_models["bf16-sensitive"]
+    with ladder_kvd.client() as client:
+        manifest = client.upload(path, name="bf16-sensitive", precision="fp16", devices=["CPU"])
+        served = client.infer("bf16-sensitive", x)["small"]
+    assert manifest["precision_requested"] == "fp16" and manifest["precision"] == "fp16"
+    assert manifest["parity"]["verdict"] == "pass" and manifest["parity"]["execution_precision"] == "f32"
+    ladder = manifest["ladder"]
+    assert [(r["weights"], r["execution"]) for r in ladder][-1] == ("fp16", "f32") and len(ladder) == 2
+    if "same_as" not in ladder[1]:  # the device's default was not f32 (bf16): that rung failed, f32 passed
+        assert ladder[0]["verdict"] == "fail" and ladder[0]["execution"] != "f32" and "max rel diff" in ladder[0]["why_next"]
+    assert rel_diff(served, expected) <= promised(manifest)
 
 
 def test_parity_inputs_avoid_a_constant_reference(ladder_kvd, ladder_models):
