@@ -561,3 +561,28 @@ def test_the_tf_fallback_is_checked_like_an_ir_and_an_unstable_model_is_refused(
     message = str(info.value)
     assert message.startswith("the model is numerically unstable") and "BatchNorm" in message and "--tolerance" in message
     assert "\n" not in message
+
+
+def test_the_ladder_converts_once_and_each_rung_only_saves(tmp_path, monkeypatch):
+    """The precision ladder asks the converter for fp16, then fp32 weights of one model: convert_model (most of
+    an upload's time) runs once, and the fp32 IR saved after the fp16 one is byte-identical to a fresh conversion."""
+    import openvino as ov
+
+    inputs = keras.Input((6,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(3, name="y")(keras.layers.Dense(5, activation="relu")(inputs)))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    source = _load(path)
+    conversions = []
+    real = ov.convert_model
+    monkeypatch.setattr(ov, "convert_model", lambda *a, **k: conversions.append(1) or real(*a, **k))
+    converter = KerasOpenVINOConverter()
+    for precision, folder in (("fp16", "a"), ("fp32", "b")):
+        (tmp_path / folder).mkdir()
+        xml = converter.convert(source, tmp_path / folder, ConversionOptions(precision=precision))
+    assert len(conversions) == 1
+    (tmp_path / "fresh").mkdir()
+    fresh = KerasOpenVINOConverter().convert(source, tmp_path / "fresh", ConversionOptions(precision="fp32"))
+    assert len(conversions) == 2, "another converter (another upload) converts afresh"
+    assert xml.with_suffix(".bin").read_bytes() == fresh.with_suffix(".bin").read_bytes()
+    assert (tmp_path / "a" / "model.bin").stat().st_size < xml.with_suffix(".bin").stat().st_size, "fp16 weights are smaller"

@@ -45,7 +45,24 @@ class KerasOpenVINOConverter:
             return self._load_savedmodel(source)
         return self._load_keras(source, fmt, options)
 
+    def __init__(self) -> None:
+        self._converted: tuple[SourceModel, Any] | None = None  # the last model converted, and its ov.Model
+
     def convert(self, model: SourceModel, out_dir: Path, options: ConversionOptions) -> Path:
+        """The IR with ``options.precision`` weights. The precision ladder asks for the same model again with other
+        weights: it is converted once (``convert_model`` is most of an upload's time: ~20 s for NASNetMobile) and
+        only saved again, since ``save_model`` compresses a copy (an fp32 IR saved after the fp16 one is
+        byte-identical to a fresh conversion)."""
+        import openvino as ov
+
+        if self._converted is None or self._converted[0] is not model:
+            self._converted = (model, self._to_openvino(model, out_dir))
+        xml = out_dir / "model.xml"
+        ov.save_model(self._converted[1], xml, compress_to_fp16=options.precision == "fp16")
+        return xml
+
+    def _to_openvino(self, model: SourceModel, out_dir: Path) -> Any:
+        """``model`` as an ov.Model whose ports carry the Keras input and output names."""
         import openvino as ov
 
         keras_model = model.handle
@@ -72,9 +89,7 @@ class KerasOpenVINOConverter:
             _check_string_ports(ov_model)
         _name_outputs(ov_model, model.outputs, _output_keys(model, keras_model if model.details["kind"] == "keras"
                                                             and not model.details.get("strings") else model.handle))
-        xml = out_dir / "model.xml"
-        ov.save_model(ov_model, xml, compress_to_fp16=options.precision == "fp16")
-        return xml
+        return ov_model
 
     def _convert_strings(self, model: SourceModel, out_dir: Path) -> Any:
         """String ops (TextVectorization, StringLookup) convert only from an exported SavedModel, with the
