@@ -149,7 +149,7 @@ def run_model(label: str, source: Path, workdir: Path, slices: int, slice_s: flo
             shape = [1, *[d for d in manifest["inputs"][0]["shape"][1:]]]
             feeds = {manifest["inputs"][0]["name"]: np.random.default_rng(0).random(shape, dtype=np.float32)}
             xml = repository / "m" / str(manifest.get("version", 1)) / manifest["ir"]["xml"]
-            local = serving.InProcess(xml, repository / ".cache", feeds)
+            local = serving.InProcess(xml, repository / ".cache", feeds, manifest)
             remote = serving.Served(kvd.address, serving.infer_payload("m", feeds))
             result: dict[str, Any] = {"model": label, "nireq": local.nireq, "input": shape,
                                       "in_process_cpu_s_per_1000": in_process_cpu_per_1000(local, slice_s)}

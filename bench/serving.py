@@ -147,13 +147,18 @@ def p50_ms(seconds: list[float]) -> float:
 
 
 class InProcess:
-    """OpenVINO on the IR kvd serves, compiled as kvd compiles it (THROUGHPUT hint, the repository's cache)."""
+    """OpenVINO on the IR kvd serves, compiled as kvd compiles it (THROUGHPUT hint, the repository's cache, and the
+    execution precision the upload's ladder settled on: f32 where bf16 failed parity, as kvd serves it)."""
 
-    def __init__(self, xml: Path, cache_dir: Path, feeds: dict[str, np.ndarray]) -> None:
+    def __init__(self, xml: Path, cache_dir: Path, feeds: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
         import openvino as ov
 
+        from kvserve.plugins.backends.openvino_devices import execution_config
+
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "CACHE_DIR": str(cache_dir)})
+        config = {"PERFORMANCE_HINT": "THROUGHPUT", "CACHE_DIR": str(cache_dir),
+                  **execution_config(manifest["precision"], manifest.get("execution_required"))}
+        self.compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
         self.nireq = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         # single calls take the requests in turn, as kvd's pool hands them out
         self.requests = [self.compiled.create_infer_request() for _ in range(self.nireq)]
@@ -351,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         payload8 = infer_payload("inception-int8", feeds)
 
         figures["codec"] = codec_costs(payload)
-        for label, ir, body, levels in (("default", xml, payload, (1, 2, 3, 4)), ("int8", xml8, payload8, (2,))):
-            local, remote = InProcess(ir, repository / ".cache", feeds), Served(kvd.address, body)
+        for label, ir, body, levels, manifest in (("default", xml, payload, (1, 2, 3, 4), default), ("int8", xml8, payload8, (2,), int8)):
+            local, remote = InProcess(ir, repository / ".cache", feeds, manifest), Served(kvd.address, body)
             log(f"{label}: single-call latency, in-process and served in turns ({args.seconds:.0f} s) ...")
             figures[label] = {"latency": latency_pairs(local, remote, args.seconds), "throughput": []}
             for concurrency in levels:
@@ -366,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         digits_payload = infer_payload("digits", digits_feeds)
         remote = Served(kvd.address, digits_payload)
         figures["overhead"] = latency_pairs(InProcess(repository / "digits" / "1" / digits_manifest["ir"]["xml"], repository / ".cache",
-                                                      digits_feeds), remote, 10.0)
+                                                      digits_feeds, digits_manifest), remote, 10.0)
         remote.close()
         if args.perf_analyzer:
             log("Triton perf_analyzer against kvd ...")
