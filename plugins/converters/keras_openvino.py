@@ -40,13 +40,13 @@ class KerasOpenVINOConverter:
     name = "keras-openvino"
     formats = ("keras-h5", "keras-v3", "savedmodel")
 
+    def __init__(self) -> None:
+        self._converted: tuple[SourceModel, Any] | None = None  # the last model converted, and its ov.Model
+
     def load(self, source: Path, fmt: str, options: ConversionOptions) -> SourceModel:
         if fmt == "savedmodel":
             return self._load_savedmodel(source)
         return self._load_keras(source, fmt, options)
-
-    def __init__(self) -> None:
-        self._converted: tuple[SourceModel, Any] | None = None  # the last model converted, and its ov.Model
 
     def convert(self, model: SourceModel, out_dir: Path, options: ConversionOptions) -> Path:
         """The IR with ``options.precision`` weights. The precision ladder asks for the same model again with other
