@@ -74,6 +74,12 @@ def _fill(record: CallRecord, request: Any, known_model: Callable[[str], bool]) 
 Refusal = tuple[grpc.StatusCode, str]
 
 
+def call_deadline(context: grpc.aio.ServicerContext | None) -> float | None:
+    """The call's gRPC deadline on ``time.monotonic()``'s clock, for the data plane (None: the client set none)."""
+    remaining = context.time_remaining() if context is not None else None
+    return None if remaining is None else time.monotonic() + remaining
+
+
 @dataclass
 class _Call:
     """One call between ``_begin`` and ``_end``."""

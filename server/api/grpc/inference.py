@@ -17,6 +17,7 @@ from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import model_config_pb2 as mc
 from kvserve.proto.tensors import decode_request_inputs, encode_response_outputs
 from kvserve.proto.wire import InferResponseView, parse_infer_request, serialize_infer_response
+from kvserve.server.api.grpc.calls import call_deadline
 from kvserve.server.api.grpc.register import add_service
 from kvserve.server.batching import BatchPolicy, batchable
 from kvserve.server.dataplane import DataPlane
@@ -165,8 +166,7 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
 def _deadline(context: Any, request: pb.ModelInferRequest) -> float | None:
     """When nobody awaits the answer any more (``time.monotonic()``): the call's gRPC deadline, or Triton's
     request parameter ``timeout`` (microseconds), whichever comes first; None without either."""
-    remaining = context.time_remaining() if context is not None else None
-    deadline = None if remaining is None else time.monotonic() + remaining
+    deadline = call_deadline(context)
     if "timeout" in request.parameters:
         micros = _int_parameter(request.parameters["timeout"], "timeout (microseconds)")
         if micros > 0:

@@ -10,7 +10,6 @@ raises NotImplementedError, which the error interceptor maps).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import grpc
@@ -21,6 +20,7 @@ from kvserve.proto import tensorflow_serving_pb2_grpc as tfs_grpc
 from kvserve.proto import tensorflow_tensor_pb2 as tf
 from kvserve.proto.tf_tensors import from_numpy, to_numpy
 from kvserve.server.api import infer_adapter
+from kvserve.server.api.grpc.calls import call_deadline
 from kvserve.server.api.tfserving_models import PREDICT_METHOD, SIGNATURE, check_signature, signature, statuses, version_text
 from kvserve.server.errors import InvalidArgument
 from kvserve.server.models.manager import ModelManager, ModelVersion
@@ -118,9 +118,8 @@ class AsyncPredictionServicer(tfs_grpc.PredictionServiceServicer):
 
     async def Predict(self, request: tfs.PredictRequest, context: grpc.aio.ServicerContext) -> tfs.PredictResponse:
         name, version, inputs, requested = predict_request(self.manager, request)
-        remaining = context.time_remaining() if context is not None else None
-        deadline = None if remaining is None else time.monotonic() + remaining
-        model, outputs = await infer_adapter.infer(self.dataplane, name, version, inputs, requested or None, None, deadline)
+        model, outputs = await infer_adapter.infer(self.dataplane, name, version, inputs, requested or None, None,
+                                                   call_deadline(context))
         return predict_response(model, outputs)
 
     async def GetModelMetadata(self, request: tfs.GetModelMetadataRequest, context: grpc.aio.ServicerContext) -> tfs.GetModelMetadataResponse:

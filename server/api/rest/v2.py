@@ -7,7 +7,6 @@ a model looks like on the wire), converted to JSON; inference goes through the d
 from __future__ import annotations
 
 import time
-
 from typing import Any
 
 from google.protobuf import json_format
