@@ -372,6 +372,19 @@ def unique_names(names: list[str], taken: Iterable[str] = ()) -> list[str]:
     return out
 
 
+
+def signature_output_names(structured_outputs: Iterable[str], input_names: Iterable[str]) -> list[tuple[str, str]]:
+    """(served name, signature key) per output of a SavedModel signature, in key order: the keys made distinct
+    from each other and from the inputs' names by ``unique_names``. The converter and the TF backend both name a
+    SavedModel's outputs with this, so the IR, the manifest and the TF runner agree."""
+    keys = sorted(structured_outputs)
+    return list(zip(unique_names(keys, taken=input_names), keys))
+
+
+def renamed(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Served name -> the original name, for the names ``unique_names`` changed (the manifest's renamed_outputs)."""
+    return {new: old for new, old in pairs if new != old}
+
 @dataclass
 class KerasSignature:
     """A Keras model's inputs and outputs by the names users see, and how to call it by those names."""
@@ -422,8 +435,7 @@ def keras_signature(model: Any) -> KerasSignature:
     for name, (_, tensor) in zip(served, out_leaves):
         datatype = "BYTES" if _makes_strings(tensor) else _datatype(tensor, "output", name)
         outputs.append(TensorSpec(name, datatype, _shape(tensor)))
-    renamed = {new: old for new, old in zip(served, given) if new != old}
-    return KerasSignature(inputs, outputs, in_struct, out_struct, renamed)
+    return KerasSignature(inputs, outputs, in_struct, out_struct, renamed(zip(served, given)))
 
 
 def keras_predictor(model: Any, signature: KerasSignature) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:

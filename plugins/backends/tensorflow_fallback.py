@@ -59,7 +59,7 @@ def load_tensorflow_runner(model_dir: Path, manifest: Mapping[str, Any], inputs:
     """The original model (Keras 3, tf_keras or SavedModel) behind a name-keyed ``tf.function``."""
     import tensorflow as tf
 
-    from kvserve.plugins.keras_loading import keras_signature, load_keras, unique_names
+    from kvserve.plugins.keras_loading import keras_signature, load_keras, signature_output_names
 
     source = manifest["source"]
     signature = {s.name: tf.TensorSpec([None if d < 0 else d for d in s.shape], _tf_dtype(s.datatype), name=_tf_name(s.name))
@@ -67,12 +67,11 @@ def load_tensorflow_runner(model_dir: Path, manifest: Mapping[str, Any], inputs:
     if source["format"] == "savedmodel":
         loaded = tf.saved_model.load(str(model_dir / source["savedmodel_dir"]))
         serving = loaded.signatures["serving_default"]
-        keys = sorted(serving.structured_outputs)  # served names are these, made distinct from the inputs'
-        served = unique_names(keys, taken=[spec.name for spec in inputs])
+        names = signature_output_names(serving.structured_outputs, [spec.name for spec in inputs])
 
         def call(feeds: dict[str, Any]) -> Any:
             result = serving(**feeds)
-            return {name: result[key] for name, key in zip(served, keys)}
+            return {name: result[key] for name, key in names}
 
         return TensorFlowRunner(tf.function(call, input_signature=[signature]), inputs, outputs, loaded)
     loader = (manifest.get("converter") or {}).get("loader")

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from kvserve.plugins.hookspecs import hookimpl
-from kvserve.plugins.keras_loading import ANSI, V2_DATATYPES, keras_predictor, keras_signature, load_keras, unique_names
+from kvserve.plugins.keras_loading import (ANSI, V2_DATATYPES, keras_predictor, keras_signature, load_keras, renamed,
+                                           signature_output_names)
 from kvserve.plugins.types import (
     ConversionFailed,
     ConversionOptions,
@@ -140,19 +141,18 @@ class KerasOpenVINOConverter:
             raise ModelRejected(f"could not load the SavedModel: {error}") from None
         input_specs = signature.structured_input_signature[1]
         inputs = [TensorSpec(name, _v2_datatype(spec.dtype), _shape(spec.shape)) for name, spec in sorted(input_specs.items())]
-        given = sorted(signature.structured_outputs)
-        served = unique_names(given, taken=[s.name for s in inputs])  # an output key may repeat an input's name
+        names = signature_output_names(signature.structured_outputs, [s.name for s in inputs])
         outputs = [TensorSpec(name, _v2_datatype(signature.structured_outputs[key].dtype), _shape(signature.structured_outputs[key].shape))
-                   for name, key in zip(served, given)]
+                   for name, key in names]
 
         def reference(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             # ``loaded`` must outlive the signature's concrete function: the closure keeps it alive.
             result = loaded.signatures["serving_default"](**{s.name: tf.constant(feeds[s.name]) for s in inputs})
-            return {name: result[key].numpy() for name, key in zip(served, given)}
+            return {name: result[key].numpy() for name, key in names}
 
         details: dict[str, Any] = {"kind": "savedmodel", "signature": "serving_default"}
-        if renamed := {new: old for new, old in zip(served, given) if new != old}:
-            details["renamed_outputs"] = renamed
+        if changed := renamed(names):
+            details["renamed_outputs"] = changed
         return SourceModel(inputs, outputs, reference, source, details)
 
 
