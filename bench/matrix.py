@@ -2,12 +2,13 @@
 
 ``python bench/matrix.py [--models digits,mobilenet,inception,inception-int8] [--slice-seconds S]`` (part of
 ``make bench``). Models are built with ``weights=None`` (nothing downloaded) in a child, so TensorFlow never
-enters this process. For each model one kvd serves the uploaded IR; in-process OpenVINO runs the same IR with
-an AsyncInferQueue of its optimal number of requests (batch 1). Every served slice is preceded by an
-in-process slice (alternating, so load from elsewhere hits both alike); kvd's CPU seconds are read from
-/proc during the served slices. For the digits CNN a third slice drives bench/floor.py, a bare grpc.aio server
-answering a fixed response: the per-call floor of any Python gRPC server on this machine. ``--profile`` adds a cProfile of kvd's event-loop thread (an in-process kvd
-serving the digits CNN), which is where all per-call Python runs. Writes bench/results/matrix.json.
+enters this process. For each model one kvd serves the uploaded IR; in-process OpenVINO runs the same IR with an
+AsyncInferQueue of its optimal number of requests (batch 1). Every served slice is preceded by an in-process
+slice (alternating, so load from elsewhere hits both alike); kvd's CPU seconds are read from /proc during the
+served slices. For the digits CNN a third slice drives bench/floor.py, a bare grpc.aio server answering a fixed
+response: the per-call floor of any Python gRPC server on this machine. ``--profile`` adds a cProfile of kvd's
+event-loop thread (an in-process kvd serving the digits CNN), which is where all per-call Python runs. Writes
+bench/results/matrix.json.
 """
 
 from __future__ import annotations
