@@ -3,12 +3,13 @@
 ``python bench/matrix.py [--models digits,mobilenet,inception,inception-int8] [--slice-seconds S]`` (part of
 ``make bench``). Models are built with ``weights=None`` (nothing downloaded) in a child, so TensorFlow never
 enters this process. For each model one kvd serves the uploaded IR; in-process OpenVINO runs the same IR with an
-AsyncInferQueue of its optimal number of requests (batch 1). Every served slice is preceded by an in-process
-slice (alternating, so load from elsewhere hits both alike); kvd's CPU seconds are read from /proc during the
-served slices. For the digits CNN a third slice drives bench/floor.py, a bare grpc.aio server answering a fixed
-response: the per-call floor of any Python gRPC server on this machine. ``--profile`` adds a cProfile of kvd's
-event-loop thread (an in-process kvd serving the digits CNN), which is where all per-call Python runs. Writes
-bench/results/matrix.json.
+AsyncInferQueue of its optimal number of requests (batch 1). kvd is driven by unary ModelInfer calls from c
+threads, and by one ModelStreamInfer stream with c requests in flight (as perf_analyzer ``--streaming``). Every
+served slice is preceded by an in-process slice (alternating, so load from elsewhere hits both alike); kvd's CPU
+seconds are read from /proc during the served slices. For the digits CNN a third slice drives bench/floor.py, a
+bare grpc.aio server answering a fixed response: the per-call floor of any Python gRPC server on this machine.
+``--profile`` adds a cProfile of kvd's event-loop thread (an in-process kvd serving the digits CNN), which is
+where all per-call Python runs. Writes bench/results/matrix.json.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Floor:
         self.process.wait(10)
 
 
-def measure(kvd: serving.Kvd, local: serving.InProcess, remote: serving.Served, slices: int, slice_s: float,
+def measure(kvd: serving.Kvd, local: serving.InProcess, remote: serving.Served | serving.Streamed, slices: int, slice_s: float,
             floor: Floor | None = None) -> list[dict[str, Any]]:
     rows = []
     for concurrency in CONCURRENCY:
@@ -134,7 +135,8 @@ def in_process_cpu_per_1000(local: serving.InProcess, seconds: float) -> float:
     return round((time.process_time() - before) / max(1, count) * 1000, 3)
 
 
-def run_model(label: str, source: Path, workdir: Path, slices: int, slice_s: float, batching: dict[str, float]) -> dict[str, Any]:
+def run_model(label: str, source: Path, workdir: Path, slices: int, slice_s: float, batching: dict[str, float],
+              streaming: bool = True) -> dict[str, Any]:
     from kvserve.client import Client
 
     repository = workdir / f"repo-{label}"
@@ -152,18 +154,27 @@ def run_model(label: str, source: Path, workdir: Path, slices: int, slice_s: flo
             xml = repository / "m" / str(manifest.get("version", 1)) / manifest["ir"]["xml"]
             local = serving.InProcess(xml, repository / ".cache", feeds, manifest)
             remote = serving.Served(kvd.address, serving.infer_payload("m", feeds))
+            streamed = serving.Streamed(kvd.address, serving.infer_payload("m", feeds)) if streaming else None
             result: dict[str, Any] = {"model": label, "nireq": local.nireq, "input": shape,
                                       "in_process_cpu_s_per_1000": in_process_cpu_per_1000(local, slice_s)}
             floor = Floor(workdir, serving.infer_payload("m", feeds)) if label == "digits" else None
             try:
                 serving.log(f"{label}: batching off" + (" (and the grpc.aio floor)" if floor else ""))
                 result["off"] = measure(kvd, local, remote, slices, slice_s, floor)
+                if streamed is not None:
+                    serving.log(f"{label}: batching off, one ModelStreamInfer stream")
+                    result["stream_off"] = measure(kvd, local, streamed, slices, slice_s)
                 client.configure("m", max_batch=int(batching["max_batch"]), max_delay_ms=batching["max_delay_ms"])
                 serving.log(f"{label}: batching on ({batching})")
                 result["on"] = measure(kvd, local, remote, slices, slice_s)
+                if streamed is not None:
+                    serving.log(f"{label}: batching on, one ModelStreamInfer stream")
+                    result["stream_on"] = measure(kvd, local, streamed, slices, slice_s)
             finally:
                 if floor is not None:
                     floor.close()
+                if streamed is not None:
+                    streamed.close()
             remote.close()
             return result
     finally:
@@ -213,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slice-seconds", type=float, default=1.0, help="length of one slice (short: the machine is shared)")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    parser.add_argument("--no-streaming", action="store_true", help="skip the ModelStreamInfer rows (one stream, c in flight)")
     parser.add_argument("--profile", type=int, default=2000, help="calls profiled on kvd's loop thread (0: skip)")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -230,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         for label in labels:
             source = paths["inception" if label.startswith("inception") else label]
             figures["models"].append(run_model(label, source, work, args.slices, args.slice_seconds,
-                                               {"max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms}))
+                                               {"max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms},
+                                               not args.no_streaming))
             (RESULTS / "matrix.json").write_text(json.dumps(figures, indent=1))
         if args.profile:
             figures["profile"] = profile_loop(paths["digits"], work, args.profile)

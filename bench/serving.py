@@ -18,6 +18,7 @@ Prints every figure and the ratios against the targets; writes bench/results/ser
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import platform
@@ -30,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 CALIBRATION_SAMPLES = 128
 
 
@@ -216,6 +218,47 @@ class Served:
         for thread in threads:
             thread.join()
         latencies = [s for mine in spent for s in mine]
+        return len(latencies), time.perf_counter() - started, latencies
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class Streamed:
+    """kvd over one ModelStreamInfer stream from this process (as perf_analyzer ``--streaming``): the same
+    pre-serialized request, ``concurrency`` of them in flight at a time, answers read as they come."""
+
+    def __init__(self, address: str, payload: bytes) -> None:
+        import grpc
+
+        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        self.channel = grpc.insecure_channel(address, options=options)
+        self.stream = self.channel.stream_stream(STREAM_METHOD)
+        self.payload = payload
+        self.run_for(0.2, 1)
+
+    def run_for(self, seconds: float, concurrency: int) -> tuple[int, float, list[float]]:
+        """One stream, ``concurrency`` requests in flight for ``seconds``: (answers, seconds taken, latencies)."""
+        slots = threading.Semaphore(concurrency)
+        sent: collections.deque[float] = collections.deque()
+        stop_at = time.perf_counter() + seconds
+
+        def requests() -> Iterator[bytes]:
+            while True:
+                slots.acquire()
+                now = time.perf_counter()
+                if now >= stop_at:
+                    return
+                sent.append(now)
+                yield self.payload
+
+        latencies = []
+        started = time.perf_counter()
+        for answer in self.stream(requests(), timeout=seconds + 120):
+            if answer[:1] == b"\n":  # field 1, error_message: a benchmark must not count failures
+                raise RuntimeError(f"kvd answered a streamed request with an error: {answer[:200]!r}")
+            latencies.append(time.perf_counter() - sent.popleft())
+            slots.release()
         return len(latencies), time.perf_counter() - started, latencies
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from kvserve.proto.tensors import TensorError
 RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
 RAW_OUTPUT_TAG = bytes([6 << 3 | 2])  # ModelInferResponse.raw_output_contents, length-delimited
 LENGTH_DELIMITED = 2
+INFER_RESPONSE_TAG = bytes([2 << 3 | 2])  # ModelStreamInferResponse.infer_response, length-delimited
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -138,12 +139,48 @@ class InferResponseView:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._message, name)
 
-    def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf name, so either kind serializes alike
-        parts: list[Any] = [self._message.SerializeToString()]
+    def parts(self) -> tuple[list[Any], int]:
+        """The serialized message as buffers to join, and their total length (joined once, by the caller)."""
+        head = self._message.SerializeToString()
+        parts: list[Any] = [head]
+        total = len(head)
         for buffer in self.raw_output_contents:
-            parts += [RAW_OUTPUT_TAG, _varint(memoryview(buffer).nbytes), buffer]
-        return b"".join(parts)
+            size = memoryview(buffer).nbytes
+            length = _varint(size)
+            parts += [RAW_OUTPUT_TAG, length, buffer]
+            total += len(RAW_OUTPUT_TAG) + len(length) + size
+        return parts, total
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf name, so either kind serializes alike
+        return b"".join(self.parts()[0])
 
 
 def serialize_infer_response(response: pb.ModelInferResponse | InferResponseView) -> bytes:
+    return response.SerializeToString()
+
+
+class StreamResponse:
+    """One message of ModelStreamInfer's response stream: a response (a view or a message), or an error."""
+
+    __slots__ = ("response", "error_message")
+
+    def __init__(self, response: InferResponseView | pb.ModelInferResponse | None = None, error_message: str = "") -> None:
+        self.response = response
+        self.error_message = error_message
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf name
+        """``ModelStreamInferResponse``: error_message (field 1) or infer_response (field 2), the outputs joined
+        once straight into the outer message."""
+        if self.response is None:
+            return pb.ModelStreamInferResponse(error_message=self.error_message).SerializeToString()
+        if isinstance(self.response, InferResponseView):
+            parts, total = self.response.parts()
+        else:
+            parts = [self.response.SerializeToString()]
+            total = len(parts[0])
+        head = pb.ModelStreamInferResponse(error_message=self.error_message).SerializeToString() if self.error_message else b""
+        return b"".join([head, INFER_RESPONSE_TAG, _varint(total), *parts])
+
+
+def serialize_stream_response(response: StreamResponse | pb.ModelStreamInferResponse) -> bytes:
     return response.SerializeToString()

@@ -82,6 +82,7 @@ class Daemon:
             if self.http is not None and self._http_task is not None:
                 self.submit(_stop_http(self.http, self._http_task))
             self.submit(self.server.stop(0))
+            self.submit(_cancel_the_rest())
         if self.uploads is not None:
             self.uploads.wait_finished(5.0)  # abandoned uploads remove their staging
             self.uploads.launcher.close()
@@ -91,6 +92,16 @@ class Daemon:
         self.manager.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+
+
+async def _cancel_the_rest(timeout_s: float = 5.0) -> None:
+    """Tasks the server left behind (batchers' gatherers, streams' readers) end before the loop stops, instead of
+    being destroyed pending."""
+    rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    if rest:
+        await asyncio.wait(rest, timeout=timeout_s)
 
 
 def _check_can_listen(address: str) -> None:

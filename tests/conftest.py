@@ -190,6 +190,26 @@ def served_digits(tmp_path_factory: pytest.TempPathFactory, digits: DigitsArtifa
 
 # security tests (gRPC and HTTP): test certificates, a token file, a repository holding digits
 
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator:
+    """``daemon(**settings)``: a kvd built in this process (its event loop on a thread) on 127.0.0.1 and a free
+    port, with models installed directly (test runners); stopped at the end of the test."""
+    from kvserve.server.app import build, start
+    from kvserve.server.settings import Settings
+
+    made = []
+
+    def make(**settings):
+        built = build(Settings(repository=tmp_path / "repo", address="127.0.0.1:0", metrics_address="", **settings))
+        start(built)
+        made.append(built)
+        return built
+
+    yield make
+    for built in made:
+        built.stop(0)
+
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> dict[str, Path]:
     return make_certs(tmp_path_factory.mktemp("certs"))

@@ -58,23 +58,6 @@ class EnteredRunner(DoublingRunner):
         return super().infer(inputs, outputs)
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    from kvserve.server.app import build, start
-
-    made = []
-
-    def make(**settings):
-        daemon = build(Settings(repository=tmp_path / "repo", address="127.0.0.1:0", metrics_address="", **settings))
-        start(daemon)
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.stop(0)
-
-
 def _install(daemon, name: str, runner, manifest: dict | None = None) -> None:
     daemon.manager.install(ModelVersion(name, 1, manifest or {}, READY, "test runner", "TEST", runner, inputs=SPEC_IN, outputs=SPEC_OUT))
 

@@ -57,6 +57,26 @@ TRITON_SCRIPT = textwrap.dedent(
     else:
         report["unknown_model_error"] = None
 
+    # Streaming (start_stream / async_stream_infer): one row per request, an unknown model in the middle.
+    import queue
+    answers = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    for row in range(len(x)):
+        stream_input = grpcclient.InferInput(input_name, [1, *x.shape[1:]], "FP32")
+        stream_input.set_data_from_numpy(x[row:row + 1])
+        client.async_stream_infer("no-such-model" if row == 3 else "digits", [stream_input], request_id=f"row{row}")
+    stream_rows, stream_ids, stream_errors = [], [], []
+    for _ in range(len(x)):
+        result, error = answers.get(timeout=60)
+        if error is not None:
+            stream_errors.append(error.message())
+            stream_rows.append(None)
+        else:
+            stream_ids.append(result.get_response().id)
+            stream_rows.append(result.as_numpy(output_name)[0].tolist())
+    client.stop_stream()
+    report["stream"] = {"rows": stream_rows, "ids": stream_ids, "errors": stream_errors}
+
     client.close()
     report["kvserve_imported"] = any(name == "kvserve" or name.startswith("kvserve.") for name in sys.modules)
     with open(report_path, "w") as handle:
@@ -173,3 +193,18 @@ def test_unknown_model_error(triton_run):
     assert error["type"] == "InferenceServerException"
     assert "not found" in error["message"].lower(), error
     assert error["status"] == "StatusCode.NOT_FOUND", error
+
+
+def test_stream_infer_answers_each_request_in_order(triton_run):
+    """tritonclient's streaming API against ModelStreamInfer: each row answered in order, the unknown model's
+    request answered with its error while the stream goes on."""
+    stream = triton_run["report"]["stream"]
+    rows = len(triton_run["x"])
+    assert stream["ids"] == [f"row{i}" for i in range(rows) if i != 3]
+    assert len(stream["errors"]) == 1 and stream["errors"][0].startswith("NOT_FOUND: ") and "no-such-model" in stream["errors"][0]
+    assert stream["rows"][3] is None
+    expected = triton_run["kvserve_output"][triton_run["metadata"]["outputs"][0]["name"]]
+    for i, row in enumerate(stream["rows"]):
+        if i != 3:  # a row alone may take other kernels than the batch of 7: as close as the precision promises
+            assert rel_diff(np.asarray(row, np.float32), expected[i]) <= promised(triton_run["manifest"])
+            assert int(np.argmax(row)) == int(np.argmax(expected[i]))

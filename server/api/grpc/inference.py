@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 import grpc
 
@@ -16,8 +16,10 @@ from kvserve.proto import grpc_service_pb2 as pb
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import model_config_pb2 as mc
 from kvserve.proto.tensors import decode_request_inputs, encode_response_outputs
-from kvserve.proto.wire import InferResponseView, parse_infer_request, serialize_infer_response
+from kvserve.proto.wire import (InferResponseView, StreamResponse, parse_infer_request, serialize_infer_response,
+                                serialize_stream_response)
 from kvserve.server.api.grpc.calls import call_deadline
+from kvserve.server.api.grpc.interceptors import status_of
 from kvserve.server.api.grpc.register import add_service
 from kvserve.server.batching import BatchPolicy, batchable
 from kvserve.server.dataplane import DataPlane
@@ -121,6 +123,47 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         encode_response_outputs(response, outputs)
         return response
 
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[StreamResponse]:
+        """Triton's streaming inference: every request on the stream is answered by one message on the response
+        stream, in the order sent. Requests run concurrently, up to the model queue's bound per stream (beyond
+        it kvd stops reading, and gRPC's flow control holds the client back), so one stream keeps the model as
+        busy as that many unary callers. A request that fails is answered with its error and the stream goes on."""
+        window = asyncio.Semaphore(max(1, self.settings.max_queue))
+        pending: asyncio.Queue[asyncio.Future[StreamResponse] | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await window.acquire()
+                    pending.put_nowait(asyncio.ensure_future(self._stream_one(request, context)))
+            finally:
+                pending.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await pending.get()) is not None:
+                response = await answer
+                window.release()
+                yield response
+            await reader  # the request stream's own error (the client broke it), if any
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                left = pending.get_nowait()
+                if left is not None:
+                    left.cancel()
+
+    async def _stream_one(self, request: Any, context: Any) -> StreamResponse:
+        try:
+            return StreamResponse(await self.ModelInfer(request, context))
+        except Exception as error:  # noqa: BLE001 - one request's error, answered on the stream
+            code, message = status_of(STREAM_METHOD, error)
+            try:
+                echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+            except Exception:  # noqa: BLE001 - bytes that were no request at all
+                echo = None
+            return StreamResponse(echo, f"{code.name}: {message}")
+
     # --- repository ---------------------------------------------------------------------------------
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         return await asyncio.to_thread(self._repository_index, request)
@@ -154,13 +197,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 SERVICE = "inference.GRPCInferenceService"
+STREAM_METHOD = f"/{SERVICE}/ModelStreamInfer"
 LIVE = pb.ServerLiveResponse(live=True)
 
 
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    """Register the v2 service; ModelInfer with kvserve's zero-copy codec (``kvserve.proto.wire``)."""
+    """Register the v2 service; ModelInfer and ModelStreamInfer with kvserve's zero-copy codec (``kvserve.proto.wire``)."""
     add_service(server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb, servicer,
-                {"ModelInfer": (parse_infer_request, serialize_infer_response)})
+                {"ModelInfer": (parse_infer_request, serialize_infer_response),
+                 "ModelStreamInfer": (parse_infer_request, serialize_stream_response)})
 
 
 def _deadline(context: Any, request: pb.ModelInferRequest) -> float | None:

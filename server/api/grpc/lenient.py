@@ -84,8 +84,8 @@ def _wrap(behaviour: Callable[..., Any], method: str, streaming_in: bool, stream
     return run
 
 
-# ModelInfer has its own codec (kvserve.proto.wire), which reports malformed bytes itself.
-OWN_CODEC = frozenset({"/inference.GRPCInferenceService/ModelInfer"})
+# ModelInfer and ModelStreamInfer have their own codec (kvserve.proto.wire), which reports malformed bytes itself.
+OWN_CODEC = frozenset({"/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelStreamInfer"})
 
 
 def lenient_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
