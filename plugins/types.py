@@ -88,7 +88,9 @@ class Runner(Protocol):
 
     A runner may also offer ``async def infer_async(inputs, outputs)`` that completes without parking a thread
     (OpenVINO's infer requests, a worker child's pipe); the daemon calls ``infer_async`` below, which falls back
-    to running ``infer`` on a worker thread, so a sync runner never blocks the event loop.
+    to running ``infer`` on a worker thread, so a sync runner never blocks the event loop. A runner with
+    ``lends_outputs = True`` takes ``infer_async(inputs, outputs, finish=f)`` and returns ``f(outputs)``, called on
+    arrays that may be views of its own memory, before that memory is reused (the daemon serializes there).
     """
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -98,12 +100,19 @@ class Runner(Protocol):
         ...
 
 
-async def infer_async(runner: Any, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Run ``runner`` from the event loop: its own ``infer_async`` when it has one, else ``infer`` off the loop."""
+async def infer_async(runner: Any, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
+                      finish: Callable[[dict[str, np.ndarray]], Any] | None = None) -> Any:
+    """Run ``runner`` from the event loop: its own ``infer_async`` when it has one, else ``infer`` off the loop.
+    With ``finish``, returns ``finish(outputs)``; the outputs it sees may be views of the runner's memory
+    (``lends_outputs``), valid only during the call."""
     native = getattr(runner, "infer_async", None)
     if native is not None:
-        return await native(inputs, outputs)
-    return await asyncio.to_thread(runner.infer, inputs, outputs)
+        if finish is not None and getattr(runner, "lends_outputs", False):
+            return await native(inputs, outputs, finish=finish)
+        result = await native(inputs, outputs)
+    else:
+        result = await asyncio.to_thread(runner.infer, inputs, outputs)
+    return result if finish is None else finish(result)
 
 
 @dataclass(frozen=True)

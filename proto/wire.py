@@ -182,5 +182,24 @@ class StreamResponse:
         return b"".join([head, INFER_RESPONSE_TAG, _varint(total), *parts])
 
 
-def serialize_stream_response(response: StreamResponse | pb.ModelStreamInferResponse) -> bytes:
+def serialize_stream_response(response: StreamResponse | Serialized | pb.ModelStreamInferResponse) -> bytes:
     return response.SerializeToString()
+
+
+def serialize_in_stream(response: InferResponseView) -> bytes:
+    """``response`` as a message of ModelStreamInfer's response stream."""
+    return StreamResponse(response).SerializeToString()
+
+
+class Serialized:
+    """A response serialized ahead of gRPC (while the outputs it copied were still valid): its serializer hands the
+    bytes on as they are; ``model_version`` is what the call interceptor records as served."""
+
+    __slots__ = ("data", "model_version")
+
+    def __init__(self, data: bytes, model_version: str) -> None:
+        self.data = data
+        self.model_version = model_version
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - the protobuf name, so every kind serializes alike
+        return self.data

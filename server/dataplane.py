@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -199,10 +199,13 @@ class DataPlane:
         return served
 
     async def infer(self, name: str, version: str, inputs: Mapping[str, np.ndarray], requested: list[str] | None = None,
-                    classification: Mapping[str, int] | None = None,
-                    deadline: float | None = None) -> tuple[ModelVersion, dict[str, np.ndarray]]:
+                    classification: Mapping[str, int] | None = None, deadline: float | None = None,
+                    finish: Callable[[ModelVersion, dict[str, np.ndarray]], Any] | None = None) -> tuple[ModelVersion, Any]:
         """Run one request. ``classification`` maps output names to k (top-k classes instead of scores);
-        ``deadline`` is a ``time.monotonic()`` instant after which nobody awaits the answer (DEADLINE_EXCEEDED)."""
+        ``deadline`` is a ``time.monotonic()`` instant after which nobody awaits the answer (DEADLINE_EXCEEDED).
+        Returns the model and its outputs, or what ``finish(model, outputs)`` makes of them: ``finish`` may be
+        handed views of the runner's own output memory (a front door serializes the response there, the one copy
+        out), so it must not keep the arrays."""
         served = await self.lookup(name, version)
         model = served.model
         encoded = served.images and any(array.dtype == object for array in inputs.values())
@@ -215,14 +218,21 @@ class DataPlane:
         for output in list(requested or ()) + list(classification or ()):
             if output not in served.outputs:
                 raise InvalidArgument(f"model '{name}' has no output '{output}'; its outputs are {describe_specs(model.outputs)}")
-        outputs = await self._run(served, inputs, requested, deadline, encoded)
-        return model, classify(model, outputs, classification) if classification else outputs
+        if finish is None:
+            outputs = await self._run(served, inputs, requested, deadline, encoded)
+            return model, classify(model, outputs, classification) if classification else outputs
+        wanted = classification
+
+        def done(outputs: dict[str, np.ndarray]) -> Any:
+            return finish(model, classify(model, outputs, wanted) if wanted else outputs)
+
+        return model, await self._run(served, inputs, requested, deadline, encoded, done)
 
     async def _run(self, served: Served, inputs: Mapping[str, np.ndarray], requested: list[str] | None,
-                   deadline: float | None, encoded: bool = False) -> dict[str, np.ndarray]:
+                   deadline: float | None, encoded: bool = False, finish: Callable[[dict[str, np.ndarray]], Any] | None = None) -> Any:
         """On a leased runner, behind the model's bounded queue (or its batcher)."""
         try:
-            return await self._admitted(served, inputs, requested, deadline, encoded)
+            return await self._admitted(served, inputs, requested, deadline, encoded, finish)
         except DeadlineExceeded:
             metrics.DROPPED.labels(served.model.name, "deadline").inc()
             raise
@@ -240,7 +250,8 @@ class DataPlane:
         return decoded
 
     async def _admitted(self, served: Served, inputs: Mapping[str, np.ndarray], requested: list[str] | None,
-                        deadline: float | None, encoded: bool = False) -> dict[str, np.ndarray]:
+                        deadline: float | None, encoded: bool = False,
+                        finish: Callable[[dict[str, np.ndarray]], Any] | None = None) -> Any:
         """Encoded images are decoded inside the model's admission slot: a flood of image requests to one model
         waits in (and overflows) that model's bounded queue before any of it is decoded."""
         model = served.model
@@ -260,7 +271,8 @@ class DataPlane:
                 started = time.perf_counter()
                 outputs = await served.batcher.infer(inputs, _rows(inputs), deadline)
                 served.infer_metric.observe(time.perf_counter() - started)
-                return {name: outputs[name] for name in requested} if requested else outputs
+                outputs = {name: outputs[name] for name in requested} if requested else outputs
+                return outputs if finish is None else finish(outputs)
             queued_s = await self.admission.acquire(model.name, line, _nbytes(inputs), deadline)
             try:
                 if faults.active("slow-infer"):  # a slow model holds its slot, as a real one would
@@ -268,12 +280,12 @@ class DataPlane:
                 if encoded:
                     inputs = await self._decode(served, inputs)
                 started = time.perf_counter()
-                outputs = await infer_async(runner, dict(inputs), requested or None)
+                answer = await infer_async(runner, dict(inputs), requested or None, finish)  # finish(outputs) with finish
                 served.infer_metric.observe(time.perf_counter() - started)
             finally:
                 self.admission.release(line)
             served.queue_metric.observe(queued_s)
-            return outputs
+            return answer
 
 
 async def _slow_model(name: str, deadline: float | None) -> None:

@@ -67,3 +67,34 @@ def test_inline_only_when_the_call_is_expected_to_be_cheap(runner, monkeypatch):
     asyncio.run(runner.infer_async({"x": _rows(1)}))
     asyncio.run(runner.infer_async({"x": _rows(1000)}))
     assert ran_inline == [2]
+
+
+@pytest.mark.parametrize("inline", [1.0, 0.0], ids=["on-the-loop", "start-async"])
+def test_finish_sees_the_requests_own_outputs_and_runs_before_they_are_reused(runner, monkeypatch, inline):
+    """``finish`` gets views of the request's output tensors (no copy out: the daemon serializes there, the one
+    copy), on both paths; more concurrent calls than pooled requests (the extra ones wait on a thread and are
+    handed copies) each serialize their own rows."""
+    monkeypatch.setattr(openvino_devices, "INLINE_MAX_S", inline)
+    owned = []
+
+    def finish(outputs: dict[str, np.ndarray]) -> bytes:
+        owned.append(outputs["y"].flags.owndata)
+        return outputs["y"].tobytes()
+
+    async def calls() -> list[bytes]:
+        return await asyncio.gather(*(runner.infer_async({"x": _rows(n % 5 + 1, n)}, None, finish) for n in range(4 * runner.nireq + 3)))
+
+    answers = asyncio.run(calls())
+    for n, answer in enumerate(answers):
+        assert np.frombuffer(answer, np.float32).reshape(-1, 2).tolist() == (_rows(n % 5 + 1, n) * 2).tolist()
+    assert owned.count(False) >= runner.nireq  # every call that got a pooled request saw its memory
+    owned.clear()
+
+    async def one_per_request() -> list[bytes]:
+        return await asyncio.gather(*(runner.infer_async({"x": _rows(2, n)}, None, finish) for n in range(runner.nireq)))
+
+    assert [np.frombuffer(a, np.float32).tolist() for a in asyncio.run(one_per_request())] == \
+        [(_rows(2, n) * 2).ravel().tolist() for n in range(runner.nireq)]
+    assert owned == [False] * runner.nireq  # views, never copies
+    copied = asyncio.run(runner.infer_async({"x": _rows(1)}))["y"]  # without finish: a copy the caller keeps
+    assert copied.flags.owndata

@@ -15,7 +15,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
@@ -130,6 +130,9 @@ class _Slot:
         self.swapped = False  # OpenVINO's dispatcher fed this request: its input tensors may not be ours any more
 
 
+T = TypeVar("T")
+
+
 class OpenVINORunner:
     """Inference on one compiled model through a pool of infer requests.
 
@@ -144,9 +147,12 @@ class OpenVINORunner:
         callback resolves, so no thread waits while OpenVINO computes and the loop keeps serving.
     Inputs are copied into the request's own tensors (the one copy in: received buffers are read-only, so
     OpenVINO would copy them anyway) without OpenVINO's Python data dispatcher, which cost ~80 us of CPU per
-    call here; other dtypes or string inputs go through the dispatcher. Outputs are copied out once, then the
+    call here; other dtypes or string inputs go through the dispatcher. Outputs are copied out once (by the
+    caller's ``finish``, which the daemon uses to serialize the response straight from the output tensors), then the
     request goes back to the pool.
     """
+
+    lends_outputs = True  # infer_async(..., finish=f): f sees the output tensors' own memory (see plugins.types)
 
     def __init__(self, compiled: Any, outputs: list[TensorSpec], device: str) -> None:
         self.compiled = compiled
@@ -207,16 +213,21 @@ class OpenVINORunner:
         finally:
             self._pool.put(slot)
 
-    async def infer_async(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    async def infer_async(self, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
+                          finish: Callable[[dict[str, np.ndarray]], T] | None = None) -> dict[str, np.ndarray] | T:
+        """Outputs copied out, or ``finish(outputs)`` called on views of the request's own output tensors before
+        the request goes back to the pool (the caller serializes straight from OpenVINO's memory: the one copy
+        out). ``finish`` must not keep the arrays it is given."""
         try:
             slot = self._pool.get_nowait()
         except queue.Empty:  # more callers than requests (the daemon's gate prevents it): wait on a thread
-            return await asyncio.to_thread(self.infer, inputs, outputs)
+            copied = await asyncio.to_thread(self.infer, inputs, outputs)
+            return copied if finish is None else finish(copied)
         elements = _elements(inputs)
         if self.element_s * elements < INLINE_MAX_S:  # cheaper than the round trip through OpenVINO's threads
             try:
                 self._run_sync(slot, inputs, elements)
-                return {name: self._read(slot.request, name) for name in (outputs or self.output_names)}
+                return self._deliver(slot.request, outputs, finish)
             finally:
                 self._pool.put(slot)
         request = slot.request
@@ -238,14 +249,23 @@ class OpenVINORunner:
             raise
         try:
             request.wait()  # returns at once; raises OpenVINO's error if the inference failed
-            return {name: self._read(request, name) for name in (outputs or self.output_names)}
+            return self._deliver(request, outputs, finish)
         finally:
             self._pool.put(slot)
 
-    def _read(self, request: Any, name: str) -> np.ndarray:
+    def _deliver(self, request: Any, outputs: list[str] | None, finish: Callable[[dict[str, np.ndarray]], T] | None) -> Any:
+        names = outputs or self.output_names
+        if finish is None:
+            return {name: self._read(request, name) for name in names}
+        return finish({name: self._view(request, name) for name in names})
+
+    def _view(self, request: Any, name: str) -> np.ndarray:
         index = self._output_index.get(name)
         tensor = request.get_output_tensor(index) if index is not None else request.get_tensor(name)
-        return np.array(tensor.data, copy=True)  # the one copy out: the request's memory is reused next call
+        return tensor.data
+
+    def _read(self, request: Any, name: str) -> np.ndarray:
+        return np.array(self._view(request, name), copy=True)  # the one copy out: the request's memory is reused next call
 
     def close(self) -> None:
         while not self._pool.empty():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import grpc
 
@@ -16,8 +16,8 @@ from kvserve.proto import grpc_service_pb2 as pb
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import model_config_pb2 as mc
 from kvserve.proto.tensors import decode_request_inputs, encode_response_outputs
-from kvserve.proto.wire import (InferResponseView, StreamResponse, parse_infer_request, serialize_infer_response,
-                                serialize_stream_response)
+from kvserve.proto.wire import (InferResponseView, Serialized, StreamResponse, parse_infer_request, serialize_in_stream,
+                                serialize_infer_response, serialize_stream_response)
 from kvserve.server.api.grpc.calls import call_deadline
 from kvserve.server.api.grpc.interceptors import status_of
 from kvserve.server.api.grpc.register import add_service
@@ -112,24 +112,34 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelConfigResponse(config=config)
 
     # --- inference ----------------------------------------------------------------------------------
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> InferResponseView:
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Serialized:
+        return await self._infer(request, context, serialize_infer_response)
+
+    async def _infer(self, request: pb.ModelInferRequest, context: Any, frame: Callable[[InferResponseView], bytes]) -> Serialized:
+        """Run ``request``; the response is framed (as ModelInferResponse, or as a stream's message) while the
+        runner still holds the outputs: one copy from OpenVINO's output tensors into the bytes gRPC sends."""
         inputs = decode_request_inputs(request)
         requested = [output.name for output in request.outputs]
         deadline = _deadline(context, request)
-        model, outputs = await self.dataplane.infer(request.model_name, request.model_version, inputs, requested,
-                                                    _classification(request), deadline)
-        # A view, serialized by kvserve.proto.wire (registered for ModelInfer) without copying outputs into protobuf.
-        response = InferResponseView(pb.ModelInferResponse(model_name=model.name, model_version=str(model.version), id=request.id))
-        encode_response_outputs(response, outputs)
-        return response
+        request_id = request.id
 
-    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[StreamResponse]:
+        def respond(model: ModelVersion, outputs: dict[str, Any]) -> Serialized:
+            version = str(model.version)
+            response = InferResponseView(pb.ModelInferResponse(model_name=model.name, model_version=version, id=request_id))
+            encode_response_outputs(response, outputs)
+            return Serialized(frame(response), version)
+
+        _, answer = await self.dataplane.infer(request.model_name, request.model_version, inputs, requested,
+                                               _classification(request), deadline, respond)
+        return answer
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Serialized | StreamResponse]:
         """Triton's streaming inference: every request on the stream is answered by one message on the response
         stream, in the order sent. Requests run concurrently, up to the model queue's bound per stream (beyond
         it kvd stops reading, and gRPC's flow control holds the client back), so one stream keeps the model as
         busy as that many unary callers. A request that fails is answered with its error and the stream goes on."""
         window = asyncio.Semaphore(max(1, self.settings.max_queue))
-        pending: asyncio.Queue[asyncio.Future[StreamResponse] | None] = asyncio.Queue()
+        pending: asyncio.Queue[asyncio.Future[Serialized | StreamResponse] | None] = asyncio.Queue()
 
         async def read() -> None:
             try:
@@ -153,9 +163,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if left is not None:
                     left.cancel()
 
-    async def _stream_one(self, request: Any, context: Any) -> StreamResponse:
+    async def _stream_one(self, request: Any, context: Any) -> Serialized | StreamResponse:
         try:
-            return StreamResponse(await self.ModelInfer(request, context))
+            return await self._infer(request, context, serialize_in_stream)
         except Exception as error:  # noqa: BLE001 - one request's error, answered on the stream
             code, message = status_of(STREAM_METHOD, error)
             try:
