@@ -181,18 +181,22 @@ def run_model(label: str, source: Path, workdir: Path, slices: int, slice_s: flo
         kvd.stop()
 
 
-def profile_loop(source: Path, workdir: Path, calls: int) -> str:
-    """cProfile of kvd's event-loop thread while it serves ``calls`` digits inferences from 4 client threads (in a
+def profile_loop(source: Path, workdir: Path, calls: int, streamed: bool = False, batching: dict[str, float] | None = None) -> str:
+    """cProfile of kvd's event-loop thread while it serves ``calls`` digits inferences from 4 client threads, or
+    (``streamed``) on one ModelStreamInfer stream with 16 in flight, optionally with batching on (the client in a
     child process)."""
     from kvserve.client import Client
     from kvserve.server.app import build, start
     from kvserve.server.settings import Settings
 
-    daemon = build(Settings(repository=workdir / "repo-profile", address="127.0.0.1:0", metrics_address="", warm_converter=False))
+    daemon = build(Settings(repository=workdir / f"repo-profile{'-stream' if streamed else ''}", address="127.0.0.1:0",
+                            metrics_address="", warm_converter=False))
     start(daemon)
     try:
         with Client(f"127.0.0.1:{daemon.port}", timeout=600) as client:
             manifest = client.upload(source, name="d")
+            if batching:
+                client.configure("d", max_batch=int(batching["max_batch"]), max_delay_ms=batching["max_delay_ms"])
         feeds = {manifest["inputs"][0]["name"]: np.zeros([1, *manifest["inputs"][0]["shape"][1:]], np.float32)}
         payload = serving.infer_payload("d", feeds)
         profiler = cProfile.Profile()
@@ -202,16 +206,20 @@ def profile_loop(source: Path, workdir: Path, calls: int) -> str:
 
         # The client runs in a child process: client threads in this process would hold the GIL the loop
         # needs, and their waits would show up as the loop's (an earlier profile blamed start_async for them).
-        client = (f"import sys, threading; sys.path.insert(0, {str(Path(__file__).parent)!r}); import serving; "
-                  f"remote = serving.Served('127.0.0.1:{daemon.port}', bytes.fromhex({payload.hex()!r})); "
-                  f"threads = [threading.Thread(target=lambda: [remote.call() for _ in range({calls // 4})]) for _ in range(4)]; "
-                  "[t.start() for t in threads]; [t.join() for t in threads]")
+        setup = f"import sys, threading; sys.path.insert(0, {str(Path(__file__).parent)!r}); import serving; "
+        if streamed:
+            client = setup + (f"remote = serving.Streamed('127.0.0.1:{daemon.port}', bytes.fromhex({payload.hex()!r})); "
+                              f"remote.run_for({calls / 4000:.3f}, 16)")
+        else:
+            client = setup + (f"remote = serving.Served('127.0.0.1:{daemon.port}', bytes.fromhex({payload.hex()!r})); "
+                              f"threads = [threading.Thread(target=lambda: [remote.call() for _ in range({calls // 4})]) for _ in range(4)]; "
+                              "[t.start() for t in threads]; [t.join() for t in threads]")
         daemon.submit(toggle(True))
         subprocess.run([sys.executable, "-c", client], check=True)
         daemon.submit(toggle(False))
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
-        stats.sort_stats("tottime").print_stats(18)
+        stats.sort_stats("tottime").print_stats(22)
         return out.getvalue()
     finally:
         daemon.stop(0)
@@ -248,8 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             figures["profile"] = profile_loop(paths["digits"], work, args.profile)
             print(figures["profile"])
+            if not args.no_streaming:
+                figures["profile_streamed_batched"] = profile_loop(paths["digits"], work, args.profile * 4, True,
+                                                                   {"max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms})
+                print(figures["profile_streamed_batched"])
     (RESULTS / "matrix.json").write_text(json.dumps(figures, indent=1))
-    print(json.dumps({k: v for k, v in figures.items() if k != "profile"}, indent=1))
+    print(json.dumps({k: v for k, v in figures.items() if not k.startswith("profile")}, indent=1))
     return 0
 
 

@@ -167,6 +167,29 @@ def test_generated_fuzz_gets_only_documented_statuses(kvd):
     assert not bad, bad[:10]
 
 
+def test_generated_fuzz_on_one_stream_is_answered_request_by_request(kvd):
+    """The same hostile requests and undecodable bytes on one ModelStreamInfer stream: one answer each, in order,
+    every error a documented status with a bounded one-line message, and the stream (and kvd) carry on."""
+    rng = random.Random(15)
+    with kvd.client(timeout=60) as client:
+        image_input = input_name(client)
+        wires = [hostile_infer(rng, image_input).SerializeToString() for _ in range(200)]
+        wires[::25] = GARBAGE * 2
+        wires.append(pb.ModelInferRequest(model_name="digits", id="last", inputs=[pb.ModelInferRequest.InferInputTensor(
+            name=image_input, datatype="FP32", shape=list(X.shape))], raw_input_contents=[X.tobytes()]).SerializeToString())
+        with grpc.insecure_channel(kvd.address, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
+            stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer", request_serializer=None,
+                                           response_deserializer=pb.ModelStreamInferResponse.FromString)
+            answers = list(stream(iter(wires), timeout=120))
+        assert len(answers) == len(wires)
+        documented = {code.name for code in DOCUMENTED}
+        bad = [a.error_message[:200] for a in answers if a.error_message and (a.error_message.split(":", 1)[0] not in documented
+                                                                              or len(a.error_message) > 1200 or "\n" in a.error_message)]
+        assert not bad, bad[:10]
+        assert answers[-1].error_message == "" and answers[-1].infer_response.id == "last"
+        assert client.infer("digits", X)  # still serving
+
+
 def test_disk_full_during_upload_is_resource_exhausted_and_leaves_nothing(kvd, digits):
     with kvd.client(timeout=120) as client:
         code, message = status(lambda: client.upload(digits.paths["h5"], name="full"))

@@ -586,3 +586,35 @@ def test_the_ladder_converts_once_and_each_rung_only_saves(tmp_path, monkeypatch
     assert len(conversions) == 2, "another converter (another upload) converts afresh"
     assert xml.with_suffix(".bin").read_bytes() == fresh.with_suffix(".bin").read_bytes()
     assert (tmp_path / "a" / "model.bin").stat().st_size < xml.with_suffix(".bin").stat().st_size, "fp16 weights are smaller"
+
+
+def _augmented(layers) -> list:
+    """A Keras tutorial's image model: augmentation layers inside it (active in fit(), identity or a center crop
+    in predict()), then a small classifier."""
+    augment = [layers.RandomFlip("horizontal"), layers.RandomRotation(0.1), layers.RandomZoom(0.1)]
+    if hasattr(layers, "RandomContrast"):
+        augment.append(layers.RandomContrast(0.2))
+    return augment
+
+
+@pytest.mark.parametrize("flavour, suffix, fmt", [("keras", ".keras", "keras-v3"), ("keras", ".h5", "keras-h5"),
+                                                  ("tf_keras", ".h5", "keras-h5")])
+def test_augmentation_layers_inside_the_model_convert_as_predict_runs_them(tmp_path: Path, flavour: str, suffix: str,
+                                                                            fmt: str) -> None:
+    """Augmentation layers' call defaults to training=True and OpenVINO traces model(x): converted as they were,
+    their random ops made the model fall back to TF (or would serve augmentation). Converted with training=False,
+    the IR answers as predict() does; RandomCrop's inference-time center crop included."""
+    module = pytest.importorskip(flavour)
+    layers = module.layers
+    x = module.Input((32, 32, 3), name="image")
+    h = module.Sequential(_augmented(layers), name="augment")(x)
+    h = layers.Rescaling(1 / 255.0)(h)
+    h = layers.Conv2D(4, 3, activation="relu")(h)
+    if hasattr(layers, "RandomCrop"):
+        h = layers.RandomCrop(24, 24)(h)
+    y = layers.Dense(3, activation="softmax", name="probs")(layers.GlobalAveragePooling2D()(h))
+    path = tmp_path / f"augmented{suffix}"
+    module.Model(x, y).save(path)
+    model = _load(path, fmt)
+    feeds = {"image": np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)}
+    assert _served(model, path, tmp_path, feeds, fmt) == "OpenVINO"

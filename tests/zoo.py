@@ -355,6 +355,22 @@ def _preprocessing_inside() -> Any:
     return keras.Model(inputs, layers.Dense(4, activation="softmax", name="probabilities")(x))
 
 
+def _augmentation_inside() -> Any:
+    """A Keras tutorial's classifier with its data augmentation inside the model (identity in predict(), and
+    RandomCrop a center crop): kvd must convert it as predict() runs it, not fall back to TF."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((24, 24, 3), name="image")
+    augment = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1), layers.RandomZoom(0.1),
+                                layers.RandomContrast(0.2), layers.RandomTranslation(0.1, 0.1)], name="data_augmentation")
+    x = layers.Rescaling(1 / 255.0)(augment(inputs))
+    x = layers.Conv2D(8, 3, activation="relu")(x)
+    x = layers.RandomCrop(16, 16)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(4, activation="softmax", name="probabilities")(x))
+
+
 def _mixed_precision() -> Any:
     import keras
     from keras import layers
@@ -656,6 +672,7 @@ ZOO: tuple[Entry, ...] = (
     Entry("multi-io-named", "multi-io", "keras", _multi_io, features(left=6, right=4)),
     Entry("multi-io-named", "multi-io", "savedmodel", _multi_io, features(left=6, right=4)),
     Entry("preprocessing-inside", "preprocessing", "keras", _preprocessing_inside, lambda rng, n: _photos(rng, n, 24)),
+    Entry("augmentation-inside", "preprocessing", "keras", _augmentation_inside, lambda rng, n: _photos(rng, n, 24)),
     Entry("mixed_float16", "mixed-precision", "keras", _mixed_precision, pixels(16, "tf")),
     Entry("mixed_bfloat16", "mixed-precision", "keras", _mixed_bfloat16, sequences(12, 6)),
     # variable lengths, masks, sequence outputs, dtypes, free image sizes, several heads, subclasses

@@ -76,7 +76,7 @@ class KerasOpenVINOConverter:
             else:
                 shapes = [(list(s.shape), _numpy_dtype(s.datatype)) for s in model.inputs]
                 keras_model = _float32_clone(model.handle) if model.details.get("compute_dtype") == "bfloat16" else model.handle
-                keras_model = _flat_outputs(keras_model)
+                keras_model = _flat_outputs(_inference_mode(keras_model))
                 if model.details.get("named_inputs"):  # dict inputs: by name (a list would be matched by position)
                     ov_model = ov.convert_model(keras_model, input=dict(zip((s.name for s in model.inputs), shapes)))
                 else:
@@ -206,6 +206,40 @@ def _name_ports(ports: list[Any], specs: list[TensorSpec], kind: str) -> None:
         ordered = list(ports)
     for port, spec in zip(ordered, specs):
         port.get_tensor().set_names({spec.name})
+
+
+def _inference_mode(model: Any) -> Any:
+    """The model as Keras' ``predict()`` runs it (``training=False``), when a layer would otherwise train.
+
+    OpenVINO traces ``model(x)``, and a layer whose ``call`` defaults to ``training=True`` (RandomFlip,
+    RandomRotation, RandomZoom, RandomCrop and the other augmentation layers Keras tutorials put inside the model)
+    would be traced in its training branch: random ops OpenVINO cannot convert (the model fell back to TF), or
+    augmentation served to every caller. The same graph, wrapped in a model that calls it with
+    ``training=False``, traces what predict() computes. Other models are left exactly as they are."""
+    if not any(_trains_by_default(layer) for layer in _all_layers(model)):
+        return model
+    from kvserve.plugins.keras_loading import input_structure
+
+    try:
+        inputs = input_structure(model)
+    except (AttributeError, ValueError, IndexError):
+        return model  # no symbolic inputs (a subclassed model): left to OpenVINO and the parity check
+    if type(model).__module__.startswith("tf_keras"):  # a Keras 2 model is wrapped by Keras 2
+        import tf_keras as keras
+    else:
+        import keras
+
+    return keras.Model(inputs, model(inputs, training=False), name=f"{model.name}_inference")
+
+
+def _trains_by_default(layer: Any) -> bool:
+    import inspect
+
+    try:
+        parameter = inspect.signature(layer.call).parameters.get("training")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is True
 
 
 def _flat_outputs(model: Any) -> Any:
