@@ -140,6 +140,8 @@ class Backend(Protocol):
       ``name`` through the plugin manager, so the plugin must register it the same way in every process.
     - ``admit(request) -> None``: cheap checks run in kvd before loading (before a worker is started); raise
       ``UnsafeModel`` / ``ModelRejected`` to refuse with a one-line reason.
+    - ``benchmark_device: str``: the OpenVINO device the Benchmark RPC measures this backend's IR on (OpenVINO
+      backends); a backend without it gets no OpenVINO benchmark rows.
     """
 
     name: str

@@ -156,3 +156,36 @@ def test_kvctl_benchmark_json_table_and_plot(served_digits, tmp_path):
 
     missing = subprocess.run([str(KVCTL), "--server", served_digits.address, "benchmark", "--model", "nope"], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "model 'nope' not found" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_benchmark_rows_come_from_a_backends_declared_device_not_its_class(tmp_path):
+    """The Benchmark RPC asks each backend for ``benchmark_device`` (a capability) instead of importing the OpenVINO
+    plugin's class: a third-party backend declaring it gets rows, one without it is not an OpenVINO device."""
+    from types import SimpleNamespace
+
+    from kvserve.plugins.types import Availability
+    from kvserve.server.errors import InvalidArgument
+    from kvserve.server.uploads.benchmarks import Benchmarks
+
+    class Declared:  # not kvserve's OpenVINOBackend
+        name = "ACCEL"
+        benchmark_device = "CPU"
+
+        def availability(self) -> Availability:
+            return Availability(True)
+
+    class Plain:
+        name = "PLAIN"
+
+        def availability(self) -> Availability:
+            return Availability(True)
+
+    manager = SimpleNamespace(backends={"ACCEL": Declared(), "PLAIN": Plain()}, repository=SimpleNamespace(root=tmp_path),
+                              settings=SimpleNamespace(child_memory_bytes=0))
+    benchmarks = Benchmarks(manager)
+    manifest = {"ir": {"xml": "model.xml"}, "source": {"format": "keras-v3"}}
+    assert benchmarks._backends(["accel"], manifest) == ([], [{"name": "ACCEL", "device": "CPU"}])
+    with pytest.raises(InvalidArgument, match="unknown backend 'PLAIN'"):
+        benchmarks._backends(["PLAIN"], manifest)
+    import kvserve.server.uploads.benchmarks as module
+    assert "openvino_devices" not in module.__dict__ and "OpenVINOBackend" not in module.__dict__

@@ -324,6 +324,11 @@ class OpenVINOBackend:
         self.name = name
         self.device = device or name
 
+    @property
+    def benchmark_device(self) -> str:
+        """The Benchmark RPC measures this backend's IR on this OpenVINO device (plugins.types.Backend)."""
+        return self.device
+
     def properties(self) -> dict[str, str]:
         return {"PERFORMANCE_HINT": "THROUGHPUT | LATENCY", "NUM_STREAMS": "AUTO | n", "INFER_REQUESTS": "OPTIMAL_NUMBER_OF_INFER_REQUESTS"}
 

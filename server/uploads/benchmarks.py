@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kvserve.plugins import safe
-from kvserve.plugins.backends.openvino_devices import OpenVINOBackend
 from kvserve.plugins.backends.tensorflow_fallback import SOURCE_FORMATS
 from kvserve.plugins.types import Availability
 from kvserve.server.uploads.child import ChildJob, Launcher, run_child
@@ -114,7 +113,7 @@ class Benchmarks:
     def _backends(self, names: list[str], manifest: dict[str, Any]) -> tuple[list[str], list[dict[str, str]]]:
         """(frameworks, OpenVINO devices as {name, device}). Without names: every row that can run here;
         a named row that cannot is refused with the reason."""
-        openvino = {name: b for name, b in self.manager.backends.items() if isinstance(b, OpenVINOBackend)}
+        openvino = {name: b for name, b in self.manager.backends.items() if _benchmark_device(b)}
         tf_backend = self.manager.backends.get("TF")
         tf_found = safe.availability(tf_backend) if tf_backend is not None else Availability(False, "no TF backend plugin is loaded")
         source_format = manifest.get("source", {}).get("format")
@@ -146,7 +145,7 @@ class Benchmarks:
         else:
             chosen = [name for name in (*FRAMEWORKS, *openvino) if problem(name) is None]
         frameworks = [f for f in FRAMEWORKS if f in chosen]
-        return frameworks, [{"name": n, "device": openvino[n].device} for n in chosen if n in openvino]
+        return frameworks, [{"name": n, "device": _benchmark_device(openvino[n])} for n in chosen if n in openvino]
 
     @staticmethod
     def _precisions(names: list[str], manifest: dict[str, Any]) -> list[str]:
@@ -165,6 +164,16 @@ class Benchmarks:
 # The last finished report per model version, in memory (the web page draws it; a restart forgets it).
 _LAST: dict[tuple[str, str], dict[str, Any]] = {}
 _LAST_LOCK = threading.Lock()
+
+
+def _benchmark_device(backend: Any) -> str | None:
+    """The OpenVINO device a backend's benchmark rows run on: a capability it declares (``benchmark_device``),
+    so this module needs no plugin's class; a plugin whose property fails offers no rows."""
+    try:
+        device = getattr(backend, "benchmark_device", None)
+    except Exception:  # noqa: BLE001 - a broken plugin must not break the Benchmark RPC
+        return None
+    return device if isinstance(device, str) and device else None
 
 
 def _remember(done: dict[str, Any], iterations: int) -> None:
