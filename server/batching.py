@@ -94,6 +94,7 @@ class Batcher:
         self._pending: deque[_Request] = deque()
         self._rows = 0
         self._arrived = asyncio.Event()
+        self._filling: asyncio.Future[None] | None = None  # set while a batch waits for company
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -115,17 +116,16 @@ class Batcher:
         self._pending.append(_Request(inputs, rows, deadline, done))
         self._rows += rows
         self._arrived.set()
+        if self._filling is not None and self._full():
+            _wake(self._filling)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._gather(), name=f"batcher-{self.name}")
-        timeout = None if deadline is None else deadline - time.monotonic()
+        if deadline is None:
+            return await done  # the caller cancelled: so is ``done`` (the gatherer skips it, or drops its answer)
         try:
-            return await asyncio.wait_for(asyncio.shield(done), timeout)
-        except asyncio.TimeoutError:
-            done.cancel()  # still queued: the gatherer skips it; already running: its answer is dropped
+            return await asyncio.wait_for(done, deadline - time.monotonic())
+        except asyncio.TimeoutError:  # wait_for cancelled ``done``: still queued, the gatherer skips it
             raise deadline_passed(self.name) from None
-        except asyncio.CancelledError:
-            done.cancel()
-            raise
 
     async def _gather(self) -> None:
         while True:
@@ -150,21 +150,23 @@ class Batcher:
             else:
                 self.admission.release(self.line)
 
+    def _full(self) -> bool:
+        return self._rows >= self.policy.max_batch_size or self._rows in self.policy.preferred_sizes
+
     async def _fill(self) -> None:
-        """Wait for more requests until the batch is full, a preferred size, or the oldest has waited long enough."""
-        policy = self.policy
-        if not self._pending:
+        """Wait for more requests until the batch is full, a preferred size, or the oldest has waited long enough:
+        one future and one timer per batch (``infer`` wakes it when the batch fills), nothing per arrival."""
+        delay = self.policy.max_queue_delay_s
+        if not self._pending or delay <= 0 or self._full():
             return
-        leave_at = time.monotonic() + policy.max_queue_delay_s
-        while self._rows < policy.max_batch_size and self._rows not in policy.preferred_sizes:
-            remaining = leave_at - time.monotonic()
-            if remaining <= 0:
-                return
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except asyncio.TimeoutError:
-                return
+        loop = asyncio.get_running_loop()
+        self._filling = filling = loop.create_future()
+        timer = loop.call_later(delay, _wake, filling)
+        try:
+            await filling
+        finally:
+            timer.cancel()
+            self._filling = None
 
     def _take(self) -> list[_Request]:
         """Requests for one batch: the oldest live request and those after it that stack with it, up to the limit."""
@@ -209,6 +211,11 @@ class Batcher:
                 start = end
         finally:
             self.admission.release(self.line)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _stack(batch: list[_Request]) -> dict[str, np.ndarray]:
