@@ -618,3 +618,25 @@ def test_augmentation_layers_inside_the_model_convert_as_predict_runs_them(tmp_p
     model = _load(path, fmt)
     feeds = {"image": np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)}
     assert _served(model, path, tmp_path, feeds, fmt) == "OpenVINO"
+
+
+def test_a_model_answering_argmax_converts_and_keeps_keras_negative_zero_order(tmp_path: Path) -> None:
+    """keras.ops.argmax/argmin on floats go through signbit, which Keras' TF backend writes with a Bitcast OpenVINO
+    cannot convert (the model fell back to TF). Converted, the indices are Keras' own, ties of -0.0 and 0.0
+    included (Keras orders -0.0 below 0.0)."""
+    inputs = keras.Input((6,), name="x")
+    scores = keras.layers.Dense(6, name="scores")(inputs)
+    model = keras.Model(inputs, {"scores": scores, "best": keras.ops.argmax(scores, axis=1),
+                                 "worst": keras.ops.argmin(inputs, axis=1), "negative": keras.ops.signbit(inputs)})
+    path = tmp_path / "argmax.keras"
+    model.save(path)
+    loaded = _load(path)
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
+    x[0] = [0.0, -0.0, 0.0, -0.0, -0.0, 0.0]  # argmin: the first -0.0
+    x[1] = [-0.0, -1.0, -0.0, -2.0, -0.0, -3.0]
+    assert _served(loaded, path, tmp_path, {"x": x}) == "OpenVINO"
+    got = _openvino(loaded, tmp_path / "again")({"x": x})
+    want = loaded.reference({"x": x})
+    for name in ("best", "worst", "negative"):
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert want["worst"][0] == 1 and want["negative"][0].tolist() == [False, True, False, True, True, False]

@@ -371,6 +371,16 @@ def _augmentation_inside() -> Any:
     return keras.Model(inputs, layers.Dense(4, activation="softmax", name="probabilities")(x))
 
 
+def _argmax_output() -> Any:
+    """Scores and their argmax (keras.ops.argmax, which Keras' TF backend writes with a Bitcast OpenVINO cannot
+    convert unless kvd traces it another way)."""
+    import keras
+
+    inputs = keras.Input((8,), name="features")
+    scores = keras.layers.Dense(5, name="scores")(keras.layers.Dense(16, activation="relu")(inputs))
+    return keras.Model(inputs, {"scores": scores, "label": keras.ops.argmax(scores, axis=-1)})
+
+
 def _mixed_precision() -> Any:
     import keras
     from keras import layers
@@ -688,6 +698,7 @@ ZOO: tuple[Entry, ...] = (
     Entry("LSTM-tf_keras", "formats", "tf_keras_h5", _tf_keras_lstm, sequences(12, 6)),
     # outputs named alike (served as name, name_1 ...), nested outputs, a fixed batch, Conv3D, masked attention
     Entry("same-tensor-twice", "multi-io", "keras", _same_tensor_twice, vectors(8)),
+    Entry("argmax-output", "multi-io", "keras", _argmax_output, vectors(8)),
     Entry("same-tensor-twice", "multi-io", "savedmodel", _same_tensor_twice, vectors(8)),
     Entry("shared-layer-twice", "multi-io", "h5", _shared_layer_twice, features(left=6, right=6)),
     Entry("nested-outputs", "multi-io", "keras", _nested_outputs, vectors(8)),

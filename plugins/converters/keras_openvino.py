@@ -8,9 +8,9 @@ runtime can address tensors by the names users see.
 
 from __future__ import annotations
 
-
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -77,10 +77,11 @@ class KerasOpenVINOConverter:
                 shapes = [(list(s.shape), _numpy_dtype(s.datatype)) for s in model.inputs]
                 keras_model = _float32_clone(model.handle) if model.details.get("compute_dtype") == "bfloat16" else model.handle
                 keras_model = _flat_outputs(_inference_mode(keras_model))
-                if model.details.get("named_inputs"):  # dict inputs: by name (a list would be matched by position)
-                    ov_model = ov.convert_model(keras_model, input=dict(zip((s.name for s in model.inputs), shapes)))
-                else:
-                    ov_model = ov.convert_model(keras_model, input=shapes)
+                with _traceable_keras_ops():
+                    if model.details.get("named_inputs"):  # dict inputs: by name (a list would be matched by position)
+                        ov_model = ov.convert_model(keras_model, input=dict(zip((s.name for s in model.inputs), shapes)))
+                    else:
+                        ov_model = ov.convert_model(keras_model, input=shapes)
         except ConversionFailed:
             raise
         except Exception as error:  # noqa: BLE001 - OpenVINO raises its own types
@@ -230,6 +231,39 @@ def _inference_mode(model: Any) -> Any:
         import keras
 
     return keras.Model(inputs, model(inputs, training=False), name=f"{model.name}_inference")
+
+
+@contextlib.contextmanager
+def _traceable_keras_ops() -> Iterator[None]:
+    """Keras 3's TensorFlow backend writes ``signbit`` (which ``keras.ops.argmax``/``argmin`` call on floats, to
+    order -0.0 below 0.0) with a ``Bitcast``, an op OpenVINO cannot convert: a model answering an argmax fell back
+    to TF. While OpenVINO traces the model, ``signbit`` is the same test done arithmetically (x < 0, or x == 0 and
+    1/x == -inf): equal for every number, only a NaN's sign is lost. The parity check judges the result as ever."""
+    try:
+        from keras.src.backend.tensorflow import numpy as backend_numpy
+    except ImportError:  # another Keras: nothing to change
+        yield
+        return
+    original = getattr(backend_numpy, "signbit", None)
+    if original is None:
+        yield
+        return
+    import tensorflow as tf
+
+    def signbit(x: Any) -> Any:
+        x = tf.convert_to_tensor(x)
+        if x.dtype == tf.bool:
+            return tf.fill(tf.shape(x), False)
+        if x.dtype.is_integer:
+            return x < 0
+        x = tf.cast(x, tf.float32)
+        return tf.logical_or(x < 0, tf.logical_and(tf.equal(x, 0.0), tf.math.reciprocal(x) < 0))
+
+    backend_numpy.signbit = signbit
+    try:
+        yield
+    finally:
+        backend_numpy.signbit = original
 
 
 def _trains_by_default(layer: Any) -> bool:
