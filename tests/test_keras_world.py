@@ -296,6 +296,23 @@ def test_one_line_strips_ansi_dumps_and_configs() -> None:
     assert one_line(ValueError("bad value array([1., 2., 3.]) seen")) == "bad value array(...) seen"
 
 
+def test_openvino_conversion_failures_name_the_operations() -> None:
+    """The reason kept in the manifest (and shown by describe) names what OpenVINO could not convert, in one line,
+    for both of OpenVINO's ways of saying it."""
+    from kvserve.plugins.converters.keras_openvino import _conversion_message
+
+    failed_log = RuntimeError(
+        "Check 'false' failed at src/frontends/common_translators/src/unconverted_ops_report.cpp:151:\nFrontEnd API "
+        "failed with OpConversionFailure:\nModel wasn't fully converted. Failed operations detailed log:\n-- Bucketize "
+        "with a message:\nException from src/core/include/openvino/core/any.hpp:783:\nBad as from: St6vectorIdSaIdEE "
+        "to: St6vectorIfSaIfEE\n\nSummary:\n-- Conversion is failed for: Bucketize\n")
+    assert _conversion_message(failed_log) == "OpenVINO could not convert the model: Conversion is failed for: Bucketize"
+    no_rule = RuntimeError("Check 'unsupported_operations.empty()' failed at src/frontends/tensorflow/src/frontend.cpp:\n"
+                           "No conversion rule found for operations: Bitcast\nTo facilitate the conversion of unsupported "
+                           "operations, refer to Frontend Extension documentation")
+    assert _conversion_message(no_rule) == "OpenVINO could not convert the model: No conversion rule found for operations: Bitcast"
+
+
 # --- Keras 2 (tf_keras) .h5 --------------------------------------------------------------------------------
 TF_KERAS_MAKER = textwrap.dedent('''
     import sys, numpy as np, tf_keras as K

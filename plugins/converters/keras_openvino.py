@@ -437,9 +437,11 @@ def _numpy_dtype(datatype: str) -> Any:
 def _conversion_message(error: Exception) -> str:
     text = ANSI.sub("", str(error)).strip()
     lines = [line.strip(" -") for line in text.splitlines() if line.strip()]
-    # OpenVINO lists the offending operations ("No conversion rule found for operations: Lgamma"); keep those
-    # lines and drop its source locations and generic advice.
-    keep = [line for line in lines if "operation" in line.lower() and not line.startswith("To facilitate")]
+    # OpenVINO lists the offending operations ("No conversion rule found for operations: Lgamma", or after a
+    # failed conversion's detailed log "Conversion is failed for: Bucketize"); keep those lines and drop its
+    # source locations, the log's own header and generic advice.
+    keep = [line for line in lines if ("operation" in line.lower() or line.startswith("Conversion is failed for"))
+            and not line.startswith(("To facilitate", "Check ")) and not line.endswith("detailed log:")]
     summary = "; ".join((keep or [l for l in lines if not l.startswith("Check ")] or lines)[:5])[:800]
     return f"OpenVINO could not convert the model: {summary}"
 
