@@ -153,11 +153,12 @@ def run_model(label: str, source: Path, workdir: Path, slices: int, slice_s: flo
             feeds = {manifest["inputs"][0]["name"]: np.random.default_rng(0).random(shape, dtype=np.float32)}
             xml = repository / "m" / str(manifest.get("version", 1)) / manifest["ir"]["xml"]
             local = serving.InProcess(xml, repository / ".cache", feeds, manifest)
-            remote = serving.Served(kvd.address, serving.infer_payload("m", feeds))
-            streamed = serving.Streamed(kvd.address, serving.infer_payload("m", feeds)) if streaming else None
+            payload = serving.infer_payload("m", feeds)
+            remote = serving.Served(kvd.address, payload)
+            streamed = serving.Streamed(kvd.address, payload) if streaming else None
             result: dict[str, Any] = {"model": label, "nireq": local.nireq, "input": shape,
                                       "in_process_cpu_s_per_1000": in_process_cpu_per_1000(local, slice_s)}
-            floor = Floor(workdir, serving.infer_payload("m", feeds)) if label == "digits" else None
+            floor = Floor(workdir, payload) if label == "digits" else None
             try:
                 serving.log(f"{label}: batching off" + (" (and the grpc.aio floor)" if floor else ""))
                 result["off"] = measure(kvd, local, remote, slices, slice_s, floor)

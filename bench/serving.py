@@ -184,15 +184,20 @@ class InProcess:
         return count, time.perf_counter() - started
 
 
+def bench_channel(address: str) -> Any:
+    """An insecure channel to kvd that carries large tensors both ways (raw bytes: no stubs)."""
+    import grpc
+
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    return grpc.insecure_channel(address, options=options)
+
+
 class Served:
     """kvd over gRPC from this process: the same pre-serialized ModelInfer bytes every time, and no protobuf work
     per call (bytes in, bytes out), so the client stays light on the 2 cores it shares with kvd."""
 
     def __init__(self, address: str, payload: bytes) -> None:
-        import grpc
-
-        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-        self.channel = grpc.insecure_channel(address, options=options)
+        self.channel = bench_channel(address)
         self.infer = self.channel.unary_unary(INFER_METHOD)
         self.payload = payload
         for _ in range(3):
@@ -229,10 +234,7 @@ class Streamed:
     pre-serialized request, ``concurrency`` of them in flight at a time, answers read as they come."""
 
     def __init__(self, address: str, payload: bytes) -> None:
-        import grpc
-
-        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-        self.channel = grpc.insecure_channel(address, options=options)
+        self.channel = bench_channel(address)
         self.stream = self.channel.stream_stream(STREAM_METHOD)
         self.payload = payload
         self.run_for(0.2, 1)
