@@ -221,10 +221,9 @@ class DataPlane:
         if finish is None:
             outputs = await self._run(served, inputs, requested, deadline, encoded)
             return model, classify(model, outputs, classification) if classification else outputs
-        wanted = classification
 
         def done(outputs: dict[str, np.ndarray]) -> Any:
-            return finish(model, classify(model, outputs, wanted) if wanted else outputs)
+            return finish(model, classify(model, outputs, classification) if classification else outputs)
 
         return model, await self._run(served, inputs, requested, deadline, encoded, done)
 
