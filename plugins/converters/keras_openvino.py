@@ -241,11 +241,10 @@ def _traceable_keras_ops() -> Iterator[None]:
     1/x == -inf): equal for every number, only a NaN's sign is lost. The parity check judges the result as ever."""
     try:
         from keras.src.backend.tensorflow import numpy as backend_numpy
-    except ImportError:  # another Keras: nothing to change
-        yield
-        return
+    except ImportError:  # another Keras
+        backend_numpy = None
     original = getattr(backend_numpy, "signbit", None)
-    if original is None:
+    if original is None:  # nothing to change
         yield
         return
     import tensorflow as tf
