@@ -155,7 +155,9 @@ class InferResponseView:
         return b"".join(self.parts()[0])
 
 
-def serialize_infer_response(response: pb.ModelInferResponse | InferResponseView) -> bytes:
+def serialize(response: Any) -> bytes:
+    """The bytes of anything kvd answers ModelInfer or ModelStreamInfer with: a protobuf message, or one of this
+    module's stand-ins (``InferResponseView``, ``StreamResponse``, ``Serialized``), which serialize alike."""
     return response.SerializeToString()
 
 
@@ -180,10 +182,6 @@ class StreamResponse:
             total = len(parts[0])
         head = pb.ModelStreamInferResponse(error_message=self.error_message).SerializeToString() if self.error_message else b""
         return b"".join([head, INFER_RESPONSE_TAG, _varint(total), *parts])
-
-
-def serialize_stream_response(response: StreamResponse | Serialized | pb.ModelStreamInferResponse) -> bytes:
-    return response.SerializeToString()
 
 
 def serialize_in_stream(response: InferResponseView) -> bytes:

@@ -16,8 +16,8 @@ from kvserve.proto import grpc_service_pb2 as pb
 from kvserve.proto import grpc_service_pb2_grpc as pb_grpc
 from kvserve.proto import model_config_pb2 as mc
 from kvserve.proto.tensors import decode_request_inputs, encode_response_outputs
-from kvserve.proto.wire import (InferResponseView, Serialized, StreamResponse, parse_infer_request, serialize_in_stream,
-                                serialize_infer_response, serialize_stream_response)
+from kvserve.proto.wire import (InferResponseView, Serialized, StreamResponse, parse_infer_request, serialize,
+                                serialize_in_stream)
 from kvserve.server.api.grpc.calls import call_deadline
 from kvserve.server.api.grpc.interceptors import status_of
 from kvserve.server.api.grpc.register import add_service
@@ -113,7 +113,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # --- inference ----------------------------------------------------------------------------------
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> Serialized:
-        return await self._infer(request, context, serialize_infer_response)
+        return await self._infer(request, context, serialize)
 
     async def _infer(self, request: pb.ModelInferRequest, context: Any, frame: Callable[[InferResponseView], bytes]) -> Serialized:
         """Run ``request``; the response is framed (as ModelInferResponse, or as a stream's message) while the
@@ -214,8 +214,7 @@ LIVE = pb.ServerLiveResponse(live=True)
 def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register the v2 service; ModelInfer and ModelStreamInfer with kvserve's zero-copy codec (``kvserve.proto.wire``)."""
     add_service(server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], pb, servicer,
-                {"ModelInfer": (parse_infer_request, serialize_infer_response),
-                 "ModelStreamInfer": (parse_infer_request, serialize_stream_response)})
+                {"ModelInfer": (parse_infer_request, serialize), "ModelStreamInfer": (parse_infer_request, serialize)})
 
 
 def _deadline(context: Any, request: pb.ModelInferRequest) -> float | None:
